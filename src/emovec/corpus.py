@@ -1,0 +1,142 @@
+"""Corpora: emotion stories and emotionally neutral dialogues, as records plus a content hash.
+
+Format (documented in docs/corpus.md): a corpus is a folder holding ``stories.jsonl`` or a
+``stories/`` folder of ``*.jsonl`` parts, and ``neutral.jsonl``. A story record is
+``{"emotion": str, "text": str, "topic"?: str, "narration"?: "first"|"third"}``; a neutral
+record is ``{"turns": [{"role": "user"|"assistant", "content": str}, ...], "topic"?: str}`` or
+``{"text": str}``. A single ``.jsonl`` file of stories is a corpus without neutral dialogues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from emovec import catalog
+from emovec.models import PLAIN_CHAT_ROLES
+
+CURATED = "curated"
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read or does not follow the format."""
+
+
+@dataclass
+class Corpus:
+    """Stories (one emotion each) and neutral dialogues, with where they came from."""
+
+    stories: list[dict[str, Any]]
+    neutral: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def emotions(self) -> list[str]:
+        """Emotions present, in catalog order (unknown names were refused on load)."""
+        present = {s["emotion"] for s in self.stories}
+        return [e for e in catalog.emotions() if e in present]
+
+    def stories_of(self, emotion: str) -> list[dict[str, Any]]:
+        return [s for s in self.stories if s["emotion"] == emotion]
+
+    def neutral_texts(self) -> list[str]:
+        """Neutral dialogues rendered as plain ``Human:``/``Assistant:`` text, as in the study."""
+        return [render_dialogue(d) for d in self.neutral]
+
+    @property
+    def hash(self) -> str:
+        """Content hash of every record (order-sensitive), recorded in vector files."""
+        digest = hashlib.sha256()
+        for record in [*self.stories, {"--": "neutral"}, *self.neutral]:
+            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\n")
+        return digest.hexdigest()[:16]
+
+    def subset(self, emotions: list[str]) -> Corpus:
+        keep = set(emotions)
+        return Corpus([s for s in self.stories if s["emotion"] in keep], self.neutral, self.source)
+
+
+def render_dialogue(record: dict[str, Any]) -> str:
+    if "text" in record:
+        return record["text"]
+    return "\n\n".join(
+        f"{PLAIN_CHAT_ROLES.get(t['role'], t['role'])}: {t['content']}" for t in record["turns"]
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON Lines file, naming the file and line of the first bad record."""
+    records = []
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"cannot read corpus file {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise CorpusError(f"{path}:{number}: expected a JSON object per line")
+        records.append(record)
+    return records
+
+
+def _check_stories(records: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    for i, r in enumerate(records):
+        if not isinstance(r.get("text"), str) or not r["text"].strip():
+            raise CorpusError(f"{where}: story {i} has no 'text'")
+        if not isinstance(r.get("emotion"), str):
+            raise CorpusError(f"{where}: story {i} has no 'emotion'")
+        try:
+            r["emotion"] = catalog.resolve(r["emotion"])
+        except catalog.UnknownEmotionError as exc:
+            raise CorpusError(f"{where}: story {i}: {exc}") from exc
+    return records
+
+
+def _check_neutral(records: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    for i, r in enumerate(records):
+        turns = r.get("turns")
+        ok_turns = isinstance(turns, list) and all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) and "role" in t
+            for t in turns
+        )
+        if not (ok_turns or isinstance(r.get("text"), str)):
+            raise CorpusError(f"{where}: neutral record {i} needs 'turns' or 'text'")
+    return records
+
+
+def load_corpus(spec: str | Path = CURATED) -> Corpus:
+    """Load the bundled curated corpus (``"curated"``), a corpus folder, or a stories file."""
+    if str(spec) == CURATED:
+        root = resources.files("emovec.data").joinpath("corpus")
+        stories = []
+        for part in sorted(root.joinpath("stories").iterdir(), key=lambda p: p.name):
+            if part.name.endswith(".jsonl"):
+                stories += read_jsonl(Path(str(part)))
+        neutral = read_jsonl(Path(str(root.joinpath("neutral.jsonl"))))
+        return Corpus(_check_stories(stories, CURATED), _check_neutral(neutral, CURATED), CURATED)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return Corpus(_check_stories(read_jsonl(path), str(path)), [], str(path))
+    if not path.is_dir():
+        raise CorpusError(
+            f"corpus not found: {spec} (give 'curated', a corpus folder, or a stories .jsonl file)"
+        )
+    parts = [path / "stories.jsonl"] if (path / "stories.jsonl").is_file() else []
+    if (path / "stories").is_dir():
+        parts += sorted((path / "stories").glob("*.jsonl"))
+    if not parts:
+        raise CorpusError(f"{path}: no stories.jsonl or stories/*.jsonl in this folder")
+    stories = [r for p in parts for r in read_jsonl(p)]
+    neutral_file = path / "neutral.jsonl"
+    neutral = read_jsonl(neutral_file) if neutral_file.is_file() else []
+    return Corpus(_check_stories(stories, str(path)), _check_neutral(neutral, str(path)), str(path))

@@ -1,0 +1,154 @@
+"""The main job (``emovec run``): vectors for a model from the curated corpus, then proof of use.
+
+Steps: build (or reuse) vectors with a hold-out split, plot held-out accuracy per layer, read a
+few texts, steer a few prompts, and check that happy vs sad steering moves sentiment as judged
+by VADER. Everything lands in one folder with a ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from emovec.corpus import load_corpus
+from emovec.extract import extract
+from emovec.models import DEFAULT_MODEL, load_model
+from emovec.read import read
+from emovec.steer import generate, steer
+from emovec.validate import steering_sentiment
+from emovec.vectors import EmotionVectors, VectorFileError
+
+SAMPLE_TEXTS = [
+    "The results came back clear, and she laughed and hugged everyone in the waiting room.",
+    "Footsteps stopped outside the door. I held my breath and did not move.",
+    "He slammed his fist on the desk and shouted that he was done with their lies.",
+    "She sat by the grave until dark, the flowers still in her hands.",
+    "The tea was warm, the rain was soft on the window, and there was nowhere to be.",
+    "Everyone stared at the stain on my shirt and I wished the floor would swallow me.",
+]
+STEER_PROMPTS = ["Tell me about your morning.", "What do you think of the city you live in?"]
+STEER_CONDITIONS: dict[str, dict[str, float]] = {
+    "none": {},
+    "+happy": {"happy": 0.5},
+    "+sad": {"sad": 0.5},
+    "+angry": {"angry": 0.5},
+    "+calm": {"calm": 0.5},
+}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def plot_heldout(metrics: dict[str, Any], default_layer: int, path: Path) -> None:
+    """Held-out top-1/top-5 accuracy per layer, with chance and the chosen layer marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(metrics["layers"], metrics["top1"], marker="o", label="top-1")
+    ax.plot(metrics["layers"], metrics["top5"], marker="s", label="top-5")
+    ax.axhline(metrics["chance_top1"], color="grey", ls=":", label="chance (top-1)")
+    ax.axhline(5 * metrics["chance_top1"], color="grey", ls="--", label="chance (top-5)")
+    ax.axvline(default_layer, color="red", alpha=0.4, label=f"default layer {default_layer}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"Classifying {metrics['n_heldout']} held-out stories among 171 emotions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVectors:
+    """Reuse ``path`` when it was built from this model and the curated corpus as it is now."""
+    corpus = load_corpus("curated")
+    if path.exists() and not rebuild:
+        try:
+            cached = EmotionVectors.load(path)
+            cached.check_model(lm)
+            if cached.corpus.get("hash") == corpus.hash and "heldout" in cached.metrics:
+                console.print(f"reusing vectors in {path} (same model and corpus)")
+                return cached
+        except VectorFileError:
+            pass
+    console.print(
+        f"building vectors: {len(corpus.stories)} stories, {len(corpus.neutral)} neutral "
+        f"dialogues, all {lm.n_layers} layers"
+    )
+    vectors = extract(lm, corpus, progress=True, holdout_every=3)
+    vectors.save(path)
+    return vectors
+
+
+def run_demo(
+    out_dir: Path,
+    model: str = DEFAULT_MODEL,
+    samples_per_prompt: int = 3,
+    rebuild: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console()
+    out_dir = Path(out_dir) / model.replace("/", "--")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    lm = load_model(model)
+    vectors = build_or_reuse(lm, out_dir / "vectors.safetensors", rebuild, console)
+
+    held = vectors.metrics["heldout"]
+    plot_heldout(held, vectors.default_layer, out_dir / "heldout_accuracy.png")
+    _write_json(out_dir / "heldout_accuracy.json", held)
+    i = vectors.layers.index(vectors.default_layer)
+    console.print(
+        f"held-out accuracy at default layer {vectors.default_layer}: top-1 {held['top1'][i]:.3f}, "
+        f"top-5 {held['top5'][i]:.3f} (chance {held['chance_top1']:.4f} / "
+        f"{5 * held['chance_top1']:.4f}); best top-5 {max(held['top5']):.3f}"
+    )
+
+    readings = []
+    table = Table("text", "top emotions (mean over tokens)")
+    for text in SAMPLE_TEXTS:
+        r = read(lm, vectors, text)
+        top = r.top(3)
+        readings.append({"text": text, "top": top})
+        table.add_row(text[:60] + "...", ", ".join(f"{e} {v:+.2f}" for e, v in top))
+    console.print(table)
+    _write_json(out_dir / "readings.json", readings)
+
+    steered: dict[str, dict[str, str]] = {}
+    for name, strengths in STEER_CONDITIONS.items():
+        with steer(lm, vectors, strengths):
+            replies = generate(lm, STEER_PROMPTS, max_new_tokens=40)
+        steered[name] = dict(zip(STEER_PROMPTS, replies, strict=True))
+        console.print(f"[bold]{name}[/]: {replies[0][:150]}")
+    _write_json(out_dir / "steering.json", steered)
+
+    check = steering_sentiment(lm, vectors, samples_per_prompt=samples_per_prompt)
+    _write_json(out_dir / "steering_sentiment.json", check.to_dict())
+    console.print(
+        f"sentiment (VADER) of replies: {check.mean_sentiment}; "
+        f"p(+happy > +sad by chance) = {check.p_value:.4f}, n = {check.n_per_condition} each"
+    )
+
+    summary = {
+        "model": vectors.model,
+        "out_dir": str(out_dir),
+        "default_layer": vectors.default_layer,
+        "heldout_top1": held["top1"][i],
+        "heldout_top5": held["top5"][i],
+        "steering_sentiment": check.mean_sentiment,
+        "steering_p_value": check.p_value,
+        "seconds": round(time.time() - started, 1),
+    }
+    _write_json(out_dir / "summary.json", summary)
+    console.print(f"[green]done[/] in {summary['seconds']} s; outputs in {out_dir}")
+    return summary

@@ -1,0 +1,310 @@
+"""Building emotion vectors from a corpus, the way the reference study did.
+
+1. Every story goes through the model once; hooks on the decoder blocks average the residual
+   stream over the story's tokens from the ``start_token``-th on (1-based, 50 in the study).
+   A text shorter than that is averaged over its second half (the early tokens carry little
+   of the story yet). Padding is excluded exactly: batches are right-padded and pooling
+   weights are zero on padding. The pass stops after the deepest requested layer and never
+   computes the LM head.
+2. Per emotion: the mean of its stories' averages, minus the mean over emotions.
+3. Denoising: the neutral dialogues' averages (same pooling) give principal components;
+   those that together explain ``neutral_variance`` of the variance (0.5 in the study) are
+   projected out of every vector. ``neutral_variance=0`` switches this off.
+4. Vectors are unit-normalised; cosine readouts and norm-scaled steering then need no
+   further convention.
+
+Memory is constant in the number of stories: only per-emotion sums, a d_model x d_model
+scatter matrix per layer for the neutral texts, and held-out stories (if any) are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from emovec.corpus import CURATED, Corpus, load_corpus
+from emovec.hooks import residual_hooks, run_to_layer
+from emovec.models import LanguageModel
+from emovec.vectors import EmotionVectors
+
+
+@dataclass
+class ExtractionSettings:
+    """Every method parameter; all of them are stored in the vector file."""
+
+    start_token: int = 50
+    neutral_variance: float = 0.5
+    batch_size: int = 16
+    max_tokens: int = 512
+    layers: list[int] | None = None
+    holdout_every: int = 0
+
+
+def pooling_weights(lengths: torch.Tensor, width: int, start_token: int) -> torch.Tensor:
+    """[batch, width] weights that average each text over its pooled positions (rows sum to 1).
+
+    Positions ``start_token-1 .. n-1`` for a text of n tokens; ``n//2 .. n-1`` when n is
+    shorter than ``start_token``.
+    """
+    positions = torch.arange(width).unsqueeze(0)
+    n = lengths.unsqueeze(1)
+    first = torch.where(n >= start_token, torch.full_like(n, start_token - 1), n // 2)
+    mask = (positions >= first) & (positions < n)
+    return mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1).float()
+
+
+def _batches(
+    lengths: Sequence[int], batch_size: int
+) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to waste little padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+class PooledPass:
+    """One forward pass per batch, pooled residual means at every requested layer.
+
+    ``run(texts)`` yields ``(indices, pooled [layers, batch, d_model])`` per batch and keeps a
+    running sum of residual norms over pooled positions (the steering unit).
+    """
+
+    def __init__(self, lm: LanguageModel, layers: Sequence[int], settings: ExtractionSettings):
+        self.lm, self.layers, self.settings = lm, list(layers), settings
+        self.norm_sum = torch.zeros(len(self.layers), dtype=torch.float64)
+        self.norm_count = 0
+        self.tokens = 0
+        self.padded_tokens = 0
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.lm.encode(t)[: self.settings.max_tokens] for t in texts]
+
+    @torch.no_grad()
+    def run(self, ids: list[list[int]], progress=None) -> Iterator[tuple[list[int], torch.Tensor]]:
+        lm, rows = self.lm, {layer: i for i, layer in enumerate(self.layers)}
+        pad = lm.tokenizer.pad_token_id
+        for batch in _batches([len(x) for x in ids], self.settings.batch_size):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, i in enumerate(batch):
+                input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+                attention[r, : len(ids[i])] = 1
+            lengths = attention.sum(1)
+            weights = pooling_weights(lengths, width, self.settings.start_token)
+            weights = weights.to(lm.device, dtype=lm.model.dtype)
+            counted = weights > 0
+            pooled = torch.empty(len(self.layers), len(batch), lm.d_model, dtype=torch.float32)
+            norm_sums = torch.zeros(len(self.layers), dtype=torch.float64)
+
+            def capture(layer: int, hidden: torch.Tensor, _offset: int) -> None:
+                row = rows[layer]
+                pooled[row] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).float().cpu()
+                norm_sums[row] = hidden.norm(dim=-1)[counted].double().sum().cpu()
+
+            with residual_hooks(lm.layers, dict.fromkeys(self.layers, capture)):
+                run_to_layer(
+                    lm.model,
+                    max(self.layers),
+                    input_ids=input_ids.to(lm.device),
+                    attention_mask=attention.to(lm.device),
+                )
+            self.norm_sum += norm_sums
+            self.norm_count += int(counted.sum())
+            self.tokens += int(lengths.sum())
+            self.padded_tokens += len(batch) * width
+            if progress is not None:
+                progress(int(lengths.sum()))
+            yield batch, pooled
+
+    @property
+    def mean_norm(self) -> torch.Tensor:
+        return (self.norm_sum / max(self.norm_count, 1)).float()
+
+
+def pooled_activations(
+    lm: LanguageModel,
+    texts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    settings: ExtractionSettings | None = None,
+) -> torch.Tensor:
+    """Pooled residual means of a few texts: [n_texts, n_layers, d_model] (for experiments)."""
+    settings = settings or ExtractionSettings()
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
+    passer = PooledPass(lm, layers, settings)
+    out = torch.empty(len(texts), len(layers), lm.d_model)
+    for batch, pooled in passer.run(passer.tokenize(texts)):
+        out[batch] = pooled.transpose(0, 1)
+    return out
+
+
+def neutral_components(scatter: torch.Tensor, total: torch.Tensor, n: int, variance: float):
+    """Per layer, the top principal directions of the neutral texts explaining ``variance``.
+
+    ``scatter`` [L, d, d] = sum of x x^T, ``total`` [L, d] = sum of x. Returns a list of
+    [d, k_L] orthonormal bases (k_L = 0 when denoising is off or there are too few texts).
+    """
+    bases = []
+    for layer in range(scatter.shape[0]):
+        if variance <= 0 or n < 2:
+            bases.append(torch.zeros(scatter.shape[1], 0, dtype=torch.float64))
+            continue
+        mean = total[layer] / n
+        cov = scatter[layer] / n - torch.outer(mean, mean)
+        values, vectors = torch.linalg.eigh(cov)
+        values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+        share = torch.cumsum(values, 0) / values.sum()
+        k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype))) + 1
+        bases.append(vectors[:, :k])
+    return bases
+
+
+def finish_vectors(
+    sums: torch.Tensor, counts: torch.Tensor, bases: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-emotion means -> centred, denoised, unit vectors [L, E, d]; also the grand mean [L, d]."""
+    means = sums / counts.clamp(min=1).view(1, -1, 1)
+    grand = means.mean(dim=1)
+    centred = means - grand.unsqueeze(1)
+    out = torch.empty_like(centred)
+    for layer, basis in enumerate(bases):
+        v = centred[layer]
+        if basis.shape[1]:
+            v = v - (v @ basis) @ basis.T
+        out[layer] = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return out.float(), grand.float()
+
+
+def heldout_accuracy(
+    vectors: torch.Tensor, grand: torch.Tensor, held: torch.Tensor, labels: torch.Tensor
+) -> dict[str, list[float]]:
+    """Top-1/top-5 accuracy per layer of classifying held-out stories by their best vector.
+
+    ``held`` [N, L, d] pooled story activations, scored by cosine with each emotion vector after
+    subtracting the training grand mean (which is shared by all emotions).
+    """
+    top1, top5 = [], []
+    for layer in range(vectors.shape[0]):
+        x = held[:, layer] - grand[layer]
+        scores = torch.nn.functional.normalize(x, dim=-1) @ vectors[layer].T
+        ranks = scores.argsort(dim=1, descending=True)
+        top1.append(float((ranks[:, 0] == labels).float().mean()))
+        top5.append(float((ranks[:, :5] == labels.unsqueeze(1)).any(dim=1).float().mean()))
+    return {"top1": top1, "top5": top5}
+
+
+def extract(
+    lm: LanguageModel,
+    corpus: Corpus | str = CURATED,
+    settings: ExtractionSettings | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> EmotionVectors:
+    """Build emotion vectors for ``lm`` from ``corpus`` (see the module docstring for the method).
+
+    With ``holdout_every=k`` every k-th story of each emotion is first held out: vectors built
+    without them are scored on them per layer (``metrics['heldout']``), the best layer becomes
+    the default, and the final vectors then use all stories. Without a hold-out the default
+    layer is the study's two-thirds depth.
+    """
+    settings = settings or ExtractionSettings()
+    for key, value in overrides.items():
+        if not hasattr(settings, key):
+            raise TypeError(f"unknown extraction setting {key!r}")
+        setattr(settings, key, value)
+    if isinstance(corpus, str):
+        corpus = load_corpus(corpus)
+    if not corpus.stories:
+        raise ValueError("the corpus has no stories")
+    if settings.start_token < 1:
+        raise ValueError(f"start_token must be >= 1, got {settings.start_token}")
+    layers = list(range(lm.n_layers)) if settings.layers is None else sorted(set(settings.layers))
+    for layer in layers:
+        if not 0 <= layer < lm.n_layers:
+            raise ValueError(
+                f"layer {layer} out of range: {lm.name} has layers 0..{lm.n_layers - 1}"
+            )
+    emotions = corpus.emotions
+    index = {e: i for i, e in enumerate(emotions)}
+    n_l, n_e, d = len(layers), len(emotions), lm.d_model
+
+    # Hold out every k-th story of each emotion (deterministic, by order within the emotion).
+    seen: dict[str, int] = {}
+    held_mask = []
+    for story in corpus.stories:
+        k = seen.get(story["emotion"], 0)
+        seen[story["emotion"]] = k + 1
+        held_mask.append(bool(settings.holdout_every) and k % settings.holdout_every == 0)
+    held_ids = [i for i, h in enumerate(held_mask) if h]
+    held_row = {i: r for r, i in enumerate(held_ids)}
+
+    passer = PooledPass(lm, layers, settings)
+    story_ids = passer.tokenize([s["text"] for s in corpus.stories])
+    neutral_ids = passer.tokenize(corpus.neutral_texts())
+    total_tokens = sum(map(len, story_ids)) + sum(map(len, neutral_ids))
+
+    sums = torch.zeros(n_l, n_e, d, dtype=torch.float64)
+    counts = torch.zeros(n_e, dtype=torch.float64)
+    held = torch.zeros(len(held_ids), n_l, d)
+    scatter = torch.zeros(n_l, d, d, dtype=torch.float64)
+    total = torch.zeros(n_l, d, dtype=torch.float64)
+
+    from emovec.progress import token_progress
+
+    with token_progress(total_tokens, "extracting", enabled=progress) as advance:
+        for batch, pooled in passer.run(story_ids, advance):
+            train = [r for r, i in enumerate(batch) if not held_mask[i]]
+            labels = torch.tensor([index[corpus.stories[batch[r]]["emotion"]] for r in train])
+            if train:
+                sums.index_add_(1, labels, pooled[:, train].double())
+                counts.index_add_(0, labels, torch.ones(len(train), dtype=torch.float64))
+            for r, i in enumerate(batch):
+                if held_mask[i]:
+                    held[held_row[i]] = pooled[:, r]
+        for _, pooled in passer.run(neutral_ids, advance):
+            x = pooled.double()
+            scatter += torch.einsum("lbi,lbj->lij", x, x)
+            total += x.sum(dim=1)
+
+    bases = neutral_components(scatter, total, len(neutral_ids), settings.neutral_variance)
+    metrics: dict[str, Any] = {
+        "neutral_components": [int(b.shape[1]) for b in bases],
+        "tokens": passer.tokens,
+        "padding_waste": round(1 - passer.tokens / max(passer.padded_tokens, 1), 4),
+    }
+    default_layer = layers[min(len(layers) - 1, round(len(layers) * 2 / 3))]
+    if held_ids:
+        if (counts == 0).any():
+            raise ValueError("holdout_every leaves some emotion without training stories")
+        train_vectors, train_grand = finish_vectors(sums, counts, bases)
+        labels = torch.tensor([index[corpus.stories[i]["emotion"]] for i in held_ids])
+        acc = heldout_accuracy(train_vectors, train_grand, held, labels)
+        acc["layers"] = layers
+        acc["n_heldout"] = len(held_ids)
+        acc["chance_top1"] = 1 / n_e
+        metrics["heldout"] = acc
+        best = max(range(n_l), key=lambda i: (acc["top1"][i], acc["top5"][i]))
+        default_layer = layers[best]
+        sums.index_add_(1, labels, held.transpose(0, 1).double())
+        counts.index_add_(0, labels, torch.ones(len(held_ids), dtype=torch.float64))
+    vectors, grand = finish_vectors(sums, counts, bases)
+    return EmotionVectors(
+        vectors=vectors,
+        emotions=emotions,
+        layers=layers,
+        default_layer=default_layer,
+        model=lm.identity(),
+        residual_norm=passer.mean_norm,
+        mean_activation=grand,
+        params=asdict(settings) | {"layers": layers, "pooling": "mean", "unit": True},
+        corpus={
+            "source": corpus.source,
+            "hash": corpus.hash,
+            "n_stories": len(corpus.stories),
+            "n_neutral": len(corpus.neutral),
+        },
+        metrics=metrics,
+    )

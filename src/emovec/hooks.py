@@ -1,0 +1,144 @@
+"""Residual-stream access: the one place where emovec touches a model's forward pass.
+
+emovec's single idea is that everything is a projection of the residual stream onto named
+directions, read or written at chosen layers and positions. The "residual stream at layer L"
+is the output of decoder block L (0-based), i.e. ``hidden_states[L + 1]`` in transformers'
+terms. Readers, steerers, monitors and extraction all go through :func:`residual_hooks`,
+which registers forward hooks (never wrappers, never edits to the model) and always removes
+them, also when the forward pass raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Where each architecture keeps its decoder blocks and its LM-head-free backbone.
+#: model_type -> (path to the backbone, attribute of the backbone holding the blocks)
+LAYER_PATHS: dict[str, tuple[str, str]] = {
+    "llama": ("model", "layers"),
+    "mistral": ("model", "layers"),
+    "mixtral": ("model", "layers"),
+    "qwen2": ("model", "layers"),
+    "qwen3": ("model", "layers"),
+    "qwen3_moe": ("model", "layers"),
+    "gemma": ("model", "layers"),
+    "gemma2": ("model", "layers"),
+    "gemma3_text": ("model", "layers"),
+    "gemma3": ("model.language_model", "layers"),
+    "phi3": ("model", "layers"),
+    "olmo2": ("model", "layers"),
+    "gpt2": ("transformer", "h"),
+    "gpt_neox": ("gpt_neox", "layers"),
+}
+
+#: A hook body: (layer index, residual [batch, seq, d_model], offset) -> replacement or None.
+#: ``offset`` is the absolute position of ``residual[:, 0]``: the number of tokens already in
+#: the KV cache (0 without a cache), so a hook knows prompt from generated positions.
+ResidualFn = Callable[[int, torch.Tensor, int], torch.Tensor | None]
+
+
+class UnsupportedModelError(TypeError):
+    """A model whose decoder layers emovec does not know how to find."""
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward pass once the deepest needed layer has run."""
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _model_type(model: nn.Module) -> str:
+    return getattr(model.config, "model_type", type(model).__name__)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer without its LM head (running it skips the vocabulary projection)."""
+    mtype = _model_type(model)
+    if mtype not in LAYER_PATHS:
+        raise UnsupportedModelError(
+            f"emovec does not know where {type(model).__name__} (model_type {mtype!r}) keeps "
+            f"its decoder layers; supported model types: {', '.join(sorted(LAYER_PATHS))}. "
+            "Add an entry to emovec.hooks.LAYER_PATHS."
+        )
+    return _get_path(model, LAYER_PATHS[mtype][0])
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order; raises naming the class when unknown."""
+    layers = getattr(backbone(model), LAYER_PATHS[_model_type(model)][1], None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: expected a ModuleList of decoder layers, got {type(layers)}"
+        )
+    return layers
+
+
+def _cache_offset(index: int, kwargs: dict[str, Any], seq_len: int) -> int:
+    cache = kwargs.get("cache") or kwargs.get("past_key_values") or kwargs.get("past_key_value")
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    # The block has already appended this call's keys, so the cache holds past + current.
+    return max(0, int(cache.get_seq_length(index)) - seq_len)
+
+
+def _make_hook(index: int, fn: ResidualFn):
+    def hook(_module: nn.Module, _args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = fn(index, hidden, _cache_offset(index, kwargs, hidden.shape[1]))
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook
+
+
+@contextmanager
+def residual_hooks(layers: nn.ModuleList, fns: dict[int, ResidualFn]) -> Iterator[None]:
+    """Run ``fns[L](L, residual, offset)`` after decoder block L on every forward pass in the block.
+
+    Hooks are prepended so that transformers' own hidden-state collection (which also uses
+    hooks in 5.x) sees what a steering hook wrote. They are removed on exit, error or not.
+    """
+    handles = []
+    try:
+        for index, fn in sorted(fns.items()):
+            if not 0 <= index < len(layers):
+                raise IndexError(f"layer {index} out of range: the model has {len(layers)} layers")
+            hook = _make_hook(index, fn)
+            handles.append(
+                layers[index].register_forward_hook(hook, prepend=True, with_kwargs=True)
+            )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_to_layer(model: nn.Module, deepest: int, **inputs: Any) -> None:
+    """Run the backbone (no LM head) and stop right after decoder block ``deepest``.
+
+    Capture hooks must already be registered; this only spares the blocks that nobody reads.
+    The stopping hook is appended, so every capture hook on that block has run before it.
+    """
+    layers = decoder_layers(model)
+
+    def stop(_module: nn.Module, _args: Any, _output: Any) -> None:
+        raise StopForward
+
+    handle = layers[deepest].register_forward_hook(stop) if deepest < len(layers) - 1 else None
+    try:
+        backbone(model)(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()

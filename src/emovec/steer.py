@@ -1,0 +1,139 @@
+"""Steering: add emotion directions to the residual stream while the model runs.
+
+At each steered layer L the hook adds ``sum_e s_e * norm_L * v_e,L`` to the chosen positions,
+where ``norm_L`` is the mean residual norm at L measured during extraction (so ``s`` is a
+fraction of a typical residual, signed) and ``v`` are unit vectors. Positions:
+
+- ``"all"``: every position of every forward pass;
+- ``"prompt"``: positions before ``prompt_length`` (or, without one, every position of a
+  multi-token forward pass such as generation's prefill);
+- ``"generated"``: positions from ``prompt_length`` on (or single-token decode steps);
+- a boolean tensor [batch, positions]: exactly the marked absolute positions.
+
+Positions are absolute (the KV-cache offset is taken into account), so steering is the same
+with or without the cache, batched or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from emovec.hooks import residual_hooks
+from emovec.models import LanguageModel
+from emovec.vectors import EmotionVectors
+
+POSITIONS = ("all", "prompt", "generated")
+
+
+def steering_direction(
+    vectors: EmotionVectors, strengths: Mapping[str, float], layer: int
+) -> torch.Tensor:
+    """The vector added at ``layer``: sum of strength x residual norm x unit vector."""
+    total = torch.zeros(vectors.d_model)
+    for emotion, strength in strengths.items():
+        total += float(strength) * vectors.norm_at(layer) * vectors.vector(emotion, layer)
+    return total
+
+
+def _position_mask(
+    positions: str | torch.Tensor, offset: int, hidden: torch.Tensor, prompt_length: int | None
+) -> torch.Tensor | None:
+    """[batch, seq, 1] float mask of the positions to steer in this call, or None for all."""
+    seq = hidden.shape[1]
+    if isinstance(positions, torch.Tensor):
+        cols = positions[:, offset : offset + seq].to(hidden.device, hidden.dtype)
+        if cols.shape[1] < seq:  # positions beyond the mask are not steered
+            cols = torch.nn.functional.pad(cols, (0, seq - cols.shape[1]))
+        return cols.unsqueeze(-1)
+    if positions == "all":
+        return None
+    absolute = torch.arange(offset, offset + seq, device=hidden.device)
+    if prompt_length is not None:
+        is_prompt = absolute < prompt_length
+    else:
+        is_prompt = torch.full_like(absolute, seq > 1, dtype=torch.bool)
+    chosen = is_prompt if positions == "prompt" else ~is_prompt
+    return chosen.to(hidden.dtype).view(1, seq, 1)
+
+
+@contextmanager
+def steer(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    strengths: Mapping[str, float],
+    layers: Sequence[int] | None = None,
+    positions: str | torch.Tensor = "all",
+    prompt_length: int | None = None,
+) -> Iterator[None]:
+    """Within the block, every forward pass of ``lm`` is steered; hooks go away on exit.
+
+    ``strengths`` maps emotion -> signed strength (0.5 = half a typical residual norm).
+    ``layers`` defaults to the vector file's default layer.
+    """
+    vectors.check_model(lm)
+    if isinstance(positions, str) and positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
+    layers = [vectors.default_layer] if layers is None else list(layers)
+    for layer in layers:
+        vectors.layer_index(layer)  # clear error for a layer the file lacks
+    strengths = {vectors.resolve(e): float(s) for e, s in strengths.items()}
+    deltas = {
+        layer: steering_direction(vectors, strengths, layer).to(lm.device, lm.model.dtype)
+        for layer in layers
+    }
+
+    def add(layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor:
+        mask = _position_mask(positions, offset, hidden, prompt_length)
+        delta = deltas[layer]
+        return hidden + delta if mask is None else hidden + mask * delta
+
+    with residual_hooks(lm.layers, dict.fromkeys(layers, add)):
+        yield
+
+
+def generate(
+    lm: LanguageModel,
+    prompts: str | Sequence[str],
+    max_new_tokens: int = 40,
+    chat: bool = True,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    **generate_kwargs: Any,
+) -> str | list[str]:
+    """Generate replies for one prompt or a batch (left-padded), returning only the new text.
+
+    With ``chat=True`` each prompt is a user message in the model's chat format.
+    """
+    single = isinstance(prompts, str)
+    batch = [prompts] if single else list(prompts)
+    if any(not p.strip() for p in batch):
+        raise ValueError("empty prompt: give some text to continue")
+    texts = [lm.format_chat([{"role": "user", "content": p}]) if chat else p for p in batch]
+    tok = lm.tokenizer
+    old_side, tok.padding_side = tok.padding_side, "left"
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
+    finally:
+        tok.padding_side = old_side
+    if seed is not None:
+        torch.manual_seed(seed)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    with torch.no_grad():
+        out = lm.model.generate(
+            **{k: v.to(lm.device) for k, v in enc.items()},
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            **sampling,
+            **generate_kwargs,
+        )
+    new = out[:, enc["input_ids"].shape[1] :]
+    replies = [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+    return replies[0] if single else replies

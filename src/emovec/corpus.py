@@ -106,8 +106,7 @@ def _check_neutral(records: list[dict[str, Any]], where: str) -> list[dict[str, 
     for i, r in enumerate(records):
         turns = r.get("turns")
         ok_turns = isinstance(turns, list) and all(
-            isinstance(t, dict) and isinstance(t.get("content"), str) and "role" in t
-            for t in turns
+            isinstance(t, dict) and isinstance(t.get("content"), str) and "role" in t for t in turns
         )
         if not (ok_turns or isinstance(r.get("text"), str)):
             raise CorpusError(f"{where}: neutral record {i} needs 'turns' or 'text'")

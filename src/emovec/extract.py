@@ -56,13 +56,22 @@ def pooling_weights(lengths: torch.Tensor, width: int, start_token: int) -> torc
     return mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1).float()
 
 
-def _batches(
-    lengths: Sequence[int], batch_size: int
-) -> Iterator[list[int]]:
+def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length (longest first), to waste little padding."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for i in range(0, len(order), batch_size):
         yield order[i : i + batch_size]
+
+
+def _pooling_hook(rows, weights, counted, pooled, norm_sums):
+    """A capture hook that writes one batch's pooled means and residual-norm sums."""
+
+    def capture(layer: int, hidden: torch.Tensor, _offset: int) -> None:
+        row = rows[layer]
+        pooled[row] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).float().cpu()
+        norm_sums[row] = hidden.norm(dim=-1)[counted].double().sum().cpu()
+
+    return capture
 
 
 class PooledPass:
@@ -100,11 +109,7 @@ class PooledPass:
             pooled = torch.empty(len(self.layers), len(batch), lm.d_model, dtype=torch.float32)
             norm_sums = torch.zeros(len(self.layers), dtype=torch.float64)
 
-            def capture(layer: int, hidden: torch.Tensor, _offset: int) -> None:
-                row = rows[layer]
-                pooled[row] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).float().cpu()
-                norm_sums[row] = hidden.norm(dim=-1)[counted].double().sum().cpu()
-
+            capture = _pooling_hook(rows, weights, counted, pooled, norm_sums)
             with residual_hooks(lm.layers, dict.fromkeys(self.layers, capture)):
                 run_to_layer(
                     lm.model,
@@ -165,7 +170,7 @@ def neutral_components(scatter: torch.Tensor, total: torch.Tensor, n: int, varia
 def finish_vectors(
     sums: torch.Tensor, counts: torch.Tensor, bases: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-emotion means -> centred, denoised, unit vectors [L, E, d]; also the grand mean [L, d]."""
+    """Per-emotion means -> centred, denoised unit vectors [L, E, d], and the grand mean [L, d]."""
     means = sums / counts.clamp(min=1).view(1, -1, 1)
     grand = means.mean(dim=1)
     centred = means - grand.unsqueeze(1)
@@ -208,7 +213,8 @@ def extract(
     With ``holdout_every=k`` every k-th story of each emotion is first held out: vectors built
     without them are scored on them per layer (``metrics['heldout']``), the best layer becomes
     the default, and the final vectors then use all stories. Without a hold-out the default
-    layer is the study's two-thirds depth.
+    layer is the study's two-thirds depth. Steering defaults to 40% depth (see
+    :attr:`EmotionVectors.steer_layer`).
     """
     settings = settings or ExtractionSettings()
     for key, value in overrides.items():
@@ -275,7 +281,8 @@ def extract(
         "tokens": passer.tokens,
         "padding_waste": round(1 - passer.tokens / max(passer.padded_tokens, 1), 4),
     }
-    default_layer = layers[min(len(layers) - 1, round(len(layers) * 2 / 3))]
+    default_layer = min(layers, key=lambda layer: abs(layer - (lm.n_layers - 1) * 2 / 3))
+    steer_layer = min(layers, key=lambda layer: abs(layer - lm.n_layers * 0.4))
     if held_ids:
         if (counts == 0).any():
             raise ValueError("holdout_every leaves some emotion without training stories")
@@ -307,4 +314,5 @@ def extract(
             "n_neutral": len(corpus.neutral),
         },
         metrics=metrics,
+        steer_layer=steer_layer,
     )

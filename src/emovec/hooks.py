@@ -102,11 +102,14 @@ def _make_hook(index: int, fn: ResidualFn):
 
 
 @contextmanager
-def residual_hooks(layers: nn.ModuleList, fns: dict[int, ResidualFn]) -> Iterator[None]:
+def residual_hooks(
+    layers: nn.ModuleList, fns: dict[int, ResidualFn], edits: bool = False
+) -> Iterator[None]:
     """Run ``fns[L](L, residual, offset)`` after decoder block L on every forward pass in the block.
 
-    Hooks are prepended so that transformers' own hidden-state collection (which also uses
-    hooks in 5.x) sees what a steering hook wrote. They are removed on exit, error or not.
+    Hooks that ``edits`` the residual are prepended, so that every reader (emovec's, and
+    transformers' own hidden-state collection, which also uses hooks in 5.x) sees what they
+    wrote; reading hooks are appended. All are removed on exit, error or not.
     """
     handles = []
     try:
@@ -115,7 +118,7 @@ def residual_hooks(layers: nn.ModuleList, fns: dict[int, ResidualFn]) -> Iterato
                 raise IndexError(f"layer {index} out of range: the model has {len(layers)} layers")
             hook = _make_hook(index, fn)
             handles.append(
-                layers[index].register_forward_hook(hook, prepend=True, with_kwargs=True)
+                layers[index].register_forward_hook(hook, prepend=edits, with_kwargs=True)
             )
         yield
     finally:

@@ -72,12 +72,12 @@ def steer(
     """Within the block, every forward pass of ``lm`` is steered; hooks go away on exit.
 
     ``strengths`` maps emotion -> signed strength (0.5 = half a typical residual norm).
-    ``layers`` defaults to the vector file's default layer.
+    ``layers`` defaults to the vector file's steering layer (``vectors.default_steer_layer``).
     """
     vectors.check_model(lm)
     if isinstance(positions, str) and positions not in POSITIONS:
         raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
-    layers = [vectors.default_layer] if layers is None else list(layers)
+    layers = [vectors.default_steer_layer] if layers is None else list(layers)
     for layer in layers:
         vectors.layer_index(layer)  # clear error for a layer the file lacks
     strengths = {vectors.resolve(e): float(s) for e, s in strengths.items()}
@@ -91,7 +91,7 @@ def steer(
         delta = deltas[layer]
         return hidden + delta if mask is None else hidden + mask * delta
 
-    with residual_hooks(lm.layers, dict.fromkeys(layers, add)):
+    with residual_hooks(lm.layers, dict.fromkeys(layers, add), edits=True):
         yield
 
 

@@ -82,7 +82,11 @@ def steering_sentiment(
     """Generate under +positive, +negative and no steering; compare VADER sentiment."""
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     outputs: dict[str, list[str]] = {}
-    conditions = {"none": {}, f"+{positive}": {positive: strength}, f"+{negative}": {negative: strength}}
+    conditions = {
+        "none": {},
+        f"+{positive}": {positive: strength},
+        f"+{negative}": {negative: strength},
+    }
     for name, strengths in conditions.items():
         with steer(lm, vectors, strengths, layers=layers):
             outputs[name] = generate(
@@ -93,7 +97,7 @@ def steering_sentiment(
         positive=positive,
         negative=negative,
         strength=strength,
-        layers=list(layers) if layers is not None else [vectors.default_layer],
+        layers=list(layers) if layers is not None else [vectors.default_steer_layer],
         mean_sentiment={k: round(float(v.mean()), 4) for k, v in scores.items()},
         p_value=permutation_pvalue(scores[f"+{positive}"], scores[f"+{negative}"]),
         n_per_condition=len(batch),

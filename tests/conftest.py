@@ -1,0 +1,64 @@
+"""Shared fixtures: the bundled model is loaded once, and small real vectors built once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: A small but varied set of emotions for test vectors (happy/sad for steering checks).
+TEST_EMOTIONS = [
+    "happy",
+    "sad",
+    "angry",
+    "afraid",
+    "calm",
+    "excited",
+    "disgusted",
+    "surprised",
+    "proud",
+    "ashamed",
+    "lonely",
+    "grateful",
+    "bored",
+    "nervous",
+    "loving",
+    "desperate",
+]
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from emovec.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    from emovec.corpus import load_corpus
+
+    return load_corpus("curated")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(corpus):
+    from emovec.corpus import Corpus
+
+    sub = corpus.subset(TEST_EMOTIONS)
+    return Corpus(sub.stories, corpus.neutral[:48], "curated-test-subset")
+
+
+@pytest.fixture(scope="session")
+def vectors(lm, small_corpus):
+    """Real vectors from the bundled model: 16 emotions, all layers, hold-out every 3rd story."""
+    from emovec.extract import extract
+
+    return extract(lm, small_corpus, holdout_every=3, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def vectors_file(vectors, tmp_path_factory):
+    return vectors.save(tmp_path_factory.mktemp("vec") / "vectors.safetensors")

@@ -1,0 +1,133 @@
+"""The command line: real commands, and one clear line plus a non-zero exit for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emovec.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["emovec", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info_json_describes_the_file(monkeypatch, capsys, vectors_file):
+    code, out, _ = run_cli(monkeypatch, capsys, "info", vectors_file, "--json")
+    assert code == 0
+    meta = json.loads(out)
+    assert {"emotions", "layers", "default_layer", "d_model", "model"} <= set(meta)
+    assert meta["model"]["name"] == "smollm2-135m-instruct"
+
+
+def test_read_json_output(monkeypatch, capsys, vectors_file):
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "read",
+        "--vectors",
+        vectors_file,
+        "--json",
+        "--chat",
+        "I lost my keys again.",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert len(data["scores"]) == len(data["tokens"])
+    assert len(data["scores"][0]) == len(data["emotions"]) == len(data["mean"])
+
+
+def test_read_pretty_and_steer_commands_run(monkeypatch, capsys, vectors_file, tmp_path):
+    text_file = tmp_path / "t.txt"
+    text_file.write_text("The storm tore the roof away and she screamed.")
+    code, out, _ = run_cli(monkeypatch, capsys, "read", "-v", vectors_file, "--file", text_file)
+    assert code == 0 and "mean" in out
+    code, out, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "steer",
+        "-v",
+        vectors_file,
+        "-e",
+        "happy",
+        "-s",
+        "0.5",
+        "-e",
+        "sad",
+        "-s",
+        "-0.2",
+        "--max-new-tokens",
+        "8",
+        "Hello.",
+    )
+    assert code == 0 and "unsteered:" in out and "steered (happy +0.5, sad -0.2)" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["steer", "-v", "{vec}", "-e", "hapy", "-s", "1", "hi"], "unknown emotion 'hapy'"),
+        (["read", "-v", "{vec}", "--layer", "45", "hi"], "layer 45 is not in this vector file"),
+        (["read", "-v", "{vec}", "   "], "empty text"),
+        (["read", "-v", "{bad}", "hi"], "corrupted"),
+        (["read", "-v", "{vec}", "--model", "no/such-model-here", "hi"], "could not load model"),
+        (["read", "-v", "{vec}", "--model", "./missing.gguf", "hi"], "GGUF file not found"),
+        (["info", "{missing}"], "vector file not found"),
+        (["extract", "--out", "{tmp}/x.safetensors", "--corpus", "{tmp}/none"], "corpus not found"),
+        (
+            ["steer", "-v", "{vec}", "-e", "happy", "-e", "sad", "-s", "1", "hi"],
+            "one --strength for each --emotion",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nonzero_exit(
+    monkeypatch, capsys, vectors_file, tmp_path, args, message
+):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(vectors_file.read_bytes()[:500])
+    subs = {
+        "{vec}": vectors_file,
+        "{bad}": bad,
+        "{missing}": tmp_path / "gone.safetensors",
+        "{tmp}": tmp_path,
+    }
+
+    def fill(a):
+        for key, value in subs.items():
+            a = a.replace(key, str(value))
+        return a
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(monkeypatch, capsys, *[fill(a) for a in args])
+    assert code != 0
+    assert message in " ".join(err.split()), err
+    assert "Traceback" not in err
+
+
+def test_vectors_for_another_model_are_refused(monkeypatch, capsys, vectors, tmp_path):
+    import copy
+
+    foreign = copy.deepcopy(vectors)
+    foreign.model = dict(vectors.model, name="other-model", fingerprint="0" * 16)
+    path = foreign.save(tmp_path / "foreign.safetensors")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "read", "-v", path, "--model", "smollm2-135m-instruct", "hi"
+    )
+    assert code == 2
+    assert "belong to model 'other-model'" in err
+
+
+def test_console_script_is_installed_and_lists_models():
+    script = Path(sys.executable).parent / "emovec"
+    result = subprocess.run([script, "models"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "smollm2-135m-instruct" in result.stdout and "gemma3-270m" in result.stdout

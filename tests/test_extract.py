@@ -1,0 +1,93 @@
+"""Extraction on the bundled model, checked against transformers' own hidden states."""
+
+import torch
+
+from emovec.corpus import Corpus
+from emovec.extract import (
+    ExtractionSettings,
+    extract,
+    finish_vectors,
+    neutral_components,
+    pooled_activations,
+    pooling_weights,
+)
+
+TEXTS = [
+    "The lighthouse keeper climbed the stairs again, counting each step out loud. " * 5,
+    "A short note.",
+    "Rain fell on the tin roof while the kettle started to whistle in the kitchen. " * 3,
+]
+
+
+def test_pooling_skips_the_first_49_tokens_and_halves_short_texts():
+    w = pooling_weights(torch.tensor([80, 10]), 80, start_token=50)
+    assert torch.all(w[0, :49] == 0) and torch.allclose(w[0, 49:], torch.full((31,), 1 / 31))
+    assert torch.all(w[1, :5] == 0) and torch.allclose(w[1, 5:10], torch.full((5,), 0.2))
+    assert torch.all(w[1, 10:] == 0)  # padding never counts
+    torch.testing.assert_close(w.sum(1), torch.ones(2))
+
+
+def test_pooled_means_match_hidden_states_reference(lm):
+    layers = [0, 7, 20]
+    pooled = pooled_activations(lm, TEXTS, layers)
+    for i, text in enumerate(TEXTS):
+        ids = torch.tensor([lm.encode(text)])
+        with torch.no_grad():
+            hs = lm.model(ids, output_hidden_states=True).hidden_states
+        n = ids.shape[1]
+        first = 49 if n >= 50 else n // 2
+        for j, layer in enumerate(layers):
+            ref = hs[layer + 1][0, first:n].mean(0)
+            torch.testing.assert_close(pooled[i, j], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_batching_and_padding_do_not_change_the_means(lm):
+    one = pooled_activations(lm, TEXTS, [5, 15], ExtractionSettings(batch_size=1))
+    many = pooled_activations(lm, TEXTS, [5, 15], ExtractionSettings(batch_size=3))
+    rel = (one - many).norm() / one.norm()
+    assert rel < 1e-5
+
+
+def test_neutral_components_explain_the_requested_variance():
+    torch.manual_seed(0)
+    x = torch.randn(200, 1, 8, dtype=torch.float64) * torch.tensor([10, 5, 1, 1, 1, 1, 1, 1.0])
+    scatter = torch.einsum("nli,nlj->lij", x, x)
+    bases = neutral_components(scatter, x.sum(0), 200, 0.5)
+    assert bases[0].shape == (8, 1)  # the first axis alone carries > 50%
+    assert abs(abs(float(bases[0][0, 0])) - 1) < 0.05
+    assert neutral_components(scatter, x.sum(0), 200, 0.0)[0].shape == (8, 0)
+
+
+def test_vectors_are_centred_denoised_unit_vectors():
+    sums = torch.randn(2, 3, 8, dtype=torch.float64)
+    basis = torch.eye(8, dtype=torch.float64)[:, :1]
+    vectors, grand = finish_vectors(sums, torch.ones(3, dtype=torch.float64), [basis, basis])
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(2, 3))
+    assert torch.all(vectors[..., 0].abs() < 1e-6)  # the neutral direction is projected out
+    torch.testing.assert_close(grand, sums.mean(1).float())
+
+
+def test_extracted_vectors_carry_their_provenance(vectors, small_corpus, lm):
+    assert vectors.vectors.shape == (lm.n_layers, 16, lm.d_model)
+    assert vectors.model["fingerprint"] == lm.fingerprint
+    assert vectors.corpus["hash"] == small_corpus.hash
+    assert vectors.params["start_token"] == 50 and vectors.params["neutral_variance"] == 0.5
+    assert len(vectors.residual_norm) == lm.n_layers and float(vectors.residual_norm.min()) > 0
+    assert max(vectors.metrics["neutral_components"]) >= 1
+
+
+def test_held_out_stories_are_classified_far_above_chance(vectors):
+    held = vectors.metrics["heldout"]
+    chance = held["chance_top1"]
+    assert held["n_heldout"] == 32  # every 3rd of 6 stories, 16 emotions
+    best = max(held["top1"])
+    assert best >= 5 * chance, held["top1"]
+    i = vectors.layers.index(vectors.default_layer)
+    assert held["top1"][i] == best  # the default layer is the measured best
+
+
+def test_extraction_without_denoising_or_neutral_texts(lm, small_corpus):
+    tiny = Corpus(small_corpus.subset(["happy", "sad"]).stories[:4], [], "tiny")
+    vec = extract(lm, tiny, layers=[3, 9], neutral_variance=0.0)
+    assert vec.layers == [3, 9] and vec.metrics["neutral_components"] == [0, 0]
+    assert vec.default_layer in (3, 9)

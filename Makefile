@@ -12,5 +12,10 @@ test:   ## the whole test suite (real forward passes on the bundled model)
 lint:
 	.venv/bin/ruff check src tests benchmarks && .venv/bin/ruff format --check src tests benchmarks
 
-bench:  ## extraction throughput against a bare forward pass, as ratios in one run
-	.venv/bin/python benchmarks/bench_extract.py
+bench:  ## speed and memory, measured side by side as ratios (see docs/performance.md)
+	.venv/bin/python -m pip install -q --no-deps steering-vectors==0.12.2
+	.venv/bin/python -m pip install -q --no-deps --ignore-requires-python emotion-probes==0.1.0
+	mkdir -p benchmarks/results
+	.venv/bin/python benchmarks/bench_extract.py --json benchmarks/results/extract.json
+	.venv/bin/python benchmarks/bench_hooks.py --json benchmarks/results/hooks.json
+	.venv/bin/python benchmarks/bench_memory.py --json benchmarks/results/memory.json

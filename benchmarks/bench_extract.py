@@ -14,7 +14,7 @@ Rounds are interleaved and the median is reported, so drift in machine load hits
 contender alike. Correctness is the relative error of each contender's means against an
 unbatched (batch size 1) reference.
 
-    python benchmarks/bench_extract.py [--stories 64] [--rounds 3] [--batch-size 16]
+    python benchmarks/bench_extract.py [--stories 48] [--rounds 3] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def reference(lm, ids, layers) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stories", type=int, default=64)
+    parser.add_argument("--stories", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", default=None, help="Also write results to this file.")

@@ -1,11 +1,10 @@
 """Cost of emovec's hooks during generation, timed in isolation and end to end.
 
 End-to-end generation timing on a shared 2-core machine is noisy (+-10%), far more than a
-hook costs, so the hooks are first timed alone: the exact hooks that ``steer`` and ``Monitor``
-register is called on a decode-shaped
-residual [batch, 1, d_model] many times, and its cost per call is set against one measured
-decode step. Then plain, steered and captured generation are timed with many interleaved
-repetitions, for what it is worth.
+hook costs, so the hooks are first timed alone: each of the hooks that ``steer`` and
+``Monitor`` register is called on a decode-shaped residual [1, 1, d_model] many times, and
+its cost per call is set against one measured decode step. Then plain, steered and monitored
+generation are timed with many interleaved repetitions, for what that is worth.
 
     python benchmarks/bench_hooks.py [--reps 8] [--tokens 24]
 """
@@ -19,11 +18,12 @@ import time
 
 import torch
 
-from emovec.extract import extract
+from emovec.catalog import emotions
 from emovec.hooks import _make_hook, residual_hooks
 from emovec.models import load_model
 from emovec.monitor import Monitor
 from emovec.steer import generate, steer
+from emovec.vectors import EmotionVectors
 
 
 def per_call_us(hook, hidden: torch.Tensor, calls: int = 20000) -> float:
@@ -46,11 +46,18 @@ def main() -> None:
     args = parser.parse_args()
 
     lm = load_model()
-    from emovec.corpus import Corpus, load_corpus
-
-    corpus = load_corpus()
-    small = Corpus(corpus.subset(["happy", "sad", "calm"]).stories, corpus.neutral[:8], "bench")
-    vectors = extract(lm, small, layers=[12])
+    # Hook cost does not depend on what the directions are: 171 random unit vectors at layer 12
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(1, 171, lm.d_model), dim=-1)
+    vectors = EmotionVectors(
+        vectors=directions,
+        emotions=emotions(),
+        layers=[12],
+        default_layer=12,
+        model=lm.identity(),
+        residual_norm=torch.tensor([10.0]),
+        mean_activation=torch.zeros(1, lm.d_model),
+    )
     delta = 0.5 * vectors.norm_at(12) * vectors.vector("happy", 12)
     hidden = torch.randn(1, 1, lm.d_model)
 

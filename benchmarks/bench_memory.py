@@ -1,9 +1,10 @@
 """Peak memory of extraction at 1x and 4x corpus size, each in a fresh process.
 
 Extraction keeps per-emotion sums and a scatter matrix per layer, never per-story
-activations, so its peak should not grow with the number of stories. Each size runs in its
-own subprocess and reports its peak resident set (ru_maxrss); the model is loaded in both, so
-the ratio is what the corpus adds.
+activations, so its peak should not grow with the number of stories. The 4x corpus is the 1x
+corpus repeated four times, so both see the same lengths (activation buffers grow with the
+longest batch, which a larger sample of stories would otherwise change). Each size runs in
+its own subprocess and reports its peak resident set (ru_maxrss).
 
     python benchmarks/bench_memory.py [--stories 64]
 """
@@ -17,7 +18,7 @@ import subprocess
 import sys
 
 
-def child(n_stories: int) -> None:
+def child(n_stories: int, repeat: int) -> None:
     from emovec.corpus import Corpus, load_corpus
     from emovec.extract import extract
     from emovec.models import load_model
@@ -25,7 +26,7 @@ def child(n_stories: int) -> None:
     lm = load_model()
     corpus = load_corpus()
     step = max(1, len(corpus.stories) // n_stories)
-    stories = corpus.stories[::step][:n_stories]
+    stories = corpus.stories[::step][:n_stories] * repeat
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     extract(lm, Corpus(stories, corpus.neutral[:16], "bench"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -35,16 +36,18 @@ def child(n_stories: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stories", type=int, default=64)
-    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child)
+        child(*args.child)
         return
     rows = []
-    for n in (args.stories, 4 * args.stories):
+    for repeat in (1, 4):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n)], capture_output=True, text=True
+            [sys.executable, __file__, "--child", str(args.stories), str(repeat)],
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             raise SystemExit(out.stderr)

@@ -18,7 +18,6 @@ import torch
 
 from emovec.hooks import residual_hooks
 from emovec.models import LanguageModel
-from emovec.read import cosine_scores
 from emovec.vectors import EmotionVectors
 
 #: callback(offset, scores [batch, new positions, emotions]) after every forward pass
@@ -45,14 +44,25 @@ class Monitor:
         self.emotions = [self.vectors.resolve(e) for e in names]
         index = [self.vectors.emotions.index(e) for e in self.emotions]
         dtype, device = self.lm.model.dtype, self.lm.device
-        self._directions = self.vectors.vectors[row][index].to(device, dtype)
+        self._directions_t = self.vectors.vectors[row][index].T.contiguous().to(device, dtype)
         mean = self.vectors.mean_activation[row] if self.center else torch.zeros(self.lm.d_model)
         self._mean = mean.to(device, dtype)
+        cpu_fp32 = device.type == "cpu" and dtype == torch.float32
+        self._numpy = (self._mean.numpy(), self._directions_t.numpy()) if cpu_fp32 else None
 
     def _hook(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
-        x = hidden.detach() - self._mean
-        scores = cosine_scores(x.reshape(-1, x.shape[-1]), self._directions)
-        scores = scores.reshape(*x.shape[:2], -1).cpu().numpy()
+        # The same cosine as read.cosine_scores, kept lean: this runs on every decode step.
+        # On CPU, numpy's small-matrix path costs about half of torch's per-op dispatch.
+        if self._numpy is not None:
+            mean, directions_t = self._numpy
+            x = hidden.detach().numpy().reshape(-1, hidden.shape[-1]) - mean
+            scores = x @ directions_t
+            scores /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x))[:, None], 1e-12)
+            scores = scores.reshape(*hidden.shape[:2], -1)
+        else:
+            y = hidden.detach() - self._mean
+            scores = torch.matmul(y, self._directions_t)
+            scores = (scores / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float().cpu().numpy()
         self.chunks.append((offset, scores))
         if self.callback is not None:
             self.callback(offset, scores)
@@ -65,7 +75,8 @@ class Monitor:
 
     def scores(self) -> np.ndarray:
         """All scored positions in order: [batch, positions, emotions]."""
-        return np.concatenate([c for _, c in sorted(self.chunks, key=lambda c: c[0])], axis=1)
+        ordered = [c for _, c in sorted(self.chunks, key=lambda c: c[0])]
+        return np.concatenate(ordered, axis=1)
 
 
 def monitored_generate(

@@ -62,3 +62,19 @@ def vectors(lm, small_corpus):
 @pytest.fixture(scope="session")
 def vectors_file(vectors, tmp_path_factory):
     return vectors.save(tmp_path_factory.mktemp("vec") / "vectors.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(lm):
+    """A 2-layer, 32-wide random Llama sharing the bundled model's vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(lm.tokenizer),
+    )
+    return AutoModelForCausalLM.from_config(config).eval()

@@ -53,20 +53,10 @@ def test_chat_template_and_plain_fallback(lm):
     assert base.format_chat(both, add_generation_prompt=False) == "Human: Hi\n\nAssistant: Hello."
 
 
-def test_local_folder_and_gguf_file_load(lm, tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def test_local_folder_and_gguf_file_load(lm, tiny_llama, tmp_path):
     from emovec.models import builtin_gguf_path
 
-    config = AutoConfig.for_model(
-        "llama",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=len(lm.tokenizer),
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tiny_llama.save_pretrained(tmp_path)
     lm.tokenizer.save_pretrained(tmp_path)
     folder = load_model(str(tmp_path))
     assert folder.source == "folder" and folder.n_layers == 2 and folder.d_model == 32

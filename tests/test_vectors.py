@@ -53,18 +53,8 @@ def test_inconsistent_metadata_is_refused(vectors, tmp_path):
         EmotionVectors.load(path)
 
 
-def test_vectors_refuse_another_model(vectors, lm):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(
-        "llama",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=49152,
-    )
-    other = LanguageModel(AutoModelForCausalLM.from_config(config), lm.tokenizer, "tiny-llama")
+def test_vectors_refuse_another_model(vectors, lm, tiny_llama):
+    other = LanguageModel(tiny_llama, lm.tokenizer, "tiny-llama")
     with pytest.raises(VectorFileError, match="belong to model 'smollm2-135m-instruct'"):
         vectors.check_model(other)
 

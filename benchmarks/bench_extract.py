@@ -5,7 +5,7 @@ from the 50th on, at the chosen layers. Contenders:
 
 - ``floor``: a bare forward pass of the backbone (no LM head, no hooks) stopping after the
   deepest requested layer, over exactly the batches emovec uses;
-- ``emovec``: :class:`emovec.extract.PooledPass`;
+- ``emovec``: :class:`emovec.extraction.PooledPass`;
 - ``output_hidden_states``: transformers' full forward with all hidden states, the usual way;
 - ``steering-vectors`` and ``emotion-probes`` (PyPI peers, when installed with ``--no-deps``):
   their activation recording hooks around a full forward, then the same pooling.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 from emovec.corpus import load_corpus
-from emovec.extract import ExtractionSettings, PooledPass, _batches, pooling_weights
+from emovec.extraction import ExtractionSettings, PooledPass, _batches, pooling_weights
 from emovec.hooks import run_to_layer
 from emovec.models import load_model
 

@@ -22,7 +22,7 @@ from emovec.catalog import emotions
 from emovec.hooks import _make_hook, residual_hooks
 from emovec.models import load_model
 from emovec.monitor import Monitor
-from emovec.steer import generate, steer
+from emovec.steering import generate, steer
 from emovec.vectors import EmotionVectors
 
 

@@ -20,7 +20,7 @@ import sys
 
 def child(n_stories: int, repeat: int) -> None:
     from emovec.corpus import Corpus, load_corpus
-    from emovec.extract import extract
+    from emovec.extraction import extract
     from emovec.models import load_model
 
     lm = load_model()

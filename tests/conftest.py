@@ -54,7 +54,7 @@ def small_corpus(corpus):
 @pytest.fixture(scope="session")
 def vectors(lm, small_corpus):
     """Real vectors from the bundled model: 16 emotions, all layers, hold-out every 3rd story."""
-    from emovec.extract import extract
+    from emovec.extraction import extract
 
     return extract(lm, small_corpus, holdout_every=3, batch_size=16)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emovec.monitor import Monitor, monitored_generate
-from emovec.read import read
+from emovec.reading import read
 from emovec.vectors import VectorFileError
 
 

@@ -154,7 +154,7 @@ def extract(
 ) -> None:
     """Build emotion vectors from a corpus (one forward pass per batch, all layers)."""
     from emovec.corpus import load_corpus
-    from emovec.extract import extract as run_extract
+    from emovec.extraction import extract as run_extract
 
     data = load_corpus(corpus)
     if emotion:
@@ -227,7 +227,7 @@ def read(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Per-token emotion scores of a text, coloured by its top emotion."""
-    from emovec.read import read as run_read
+    from emovec.reading import read as run_read
     from emovec.vectors import EmotionVectors
 
     if file is not None:
@@ -289,8 +289,8 @@ def steer(
     compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
 ) -> None:
     """Generate with emotion vectors added to the residual stream."""
-    from emovec.steer import generate
-    from emovec.steer import steer as steering
+    from emovec.steering import generate
+    from emovec.steering import steer as steering
     from emovec.vectors import EmotionVectors
 
     if not prompt.strip():

@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from emovec.corpus import load_corpus
-from emovec.extract import extract
+from emovec.extraction import extract
 from emovec.models import DEFAULT_MODEL, load_model
-from emovec.read import read
-from emovec.steer import generate, steer
+from emovec.reading import read
+from emovec.steering import generate, steer
 from emovec.validate import steering_sentiment
 from emovec.vectors import EmotionVectors, VectorFileError
 

@@ -3,7 +3,7 @@
 A :class:`Monitor` registers one reading hook at one layer. Every forward pass (the prompt's
 prefill, then one pass per generated token) yields the scores of the positions it computed,
 delivered to a callback as they arrive and kept in order. The scores are exactly those of
-:func:`emovec.read.read` on the same tokens (same layer, same centring, same cosine), so a
+:func:`emovec.reading.read` on the same tokens (same layer, same centring, same cosine), so a
 live trace and a later reading of the finished text agree.
 """
 
@@ -51,7 +51,7 @@ class Monitor:
         self._numpy = (self._mean.numpy(), self._directions_t.numpy()) if cpu_fp32 else None
 
     def _hook(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
-        # The same cosine as read.cosine_scores, kept lean: this runs on every decode step.
+        # The same cosine as reading.cosine_scores, kept lean: this runs on every decode step.
         # On CPU, numpy's small-matrix path costs about half of torch's per-op dispatch.
         if self._numpy is not None:
             mean, directions_t = self._numpy

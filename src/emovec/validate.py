@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from emovec.models import LanguageModel
-from emovec.steer import generate, steer
+from emovec.steering import generate, steer
 from emovec.vectors import EmotionVectors
 
 DEFAULT_PROMPTS = [

@@ -3,7 +3,7 @@
 import torch
 
 from emovec.corpus import Corpus
-from emovec.extract import (
+from emovec.extraction import (
     ExtractionSettings,
     extract,
     finish_vectors,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from emovec.read import residuals
-from emovec.steer import generate, steer, steering_direction
+from emovec.reading import residuals
+from emovec.steering import generate, steer, steering_direction
 
 
 def test_steering_adds_strength_times_norm_times_unit_vector(lm, vectors):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emovec.read import read, residuals
+from emovec.reading import read, residuals
 from emovec.vectors import VectorFileError
 
 

@@ -93,3 +93,11 @@ def test_extraction_without_denoising_or_neutral_texts(lm, small_corpus):
     vec = extract(lm, tiny, layers=[3, 9], neutral_variance=0.0)
     assert vec.layers == [3, 9] and vec.metrics["neutral_components"] == [0, 0]
     assert vec.default_layer in (3, 9)
+
+
+def test_main_job_plots_held_out_accuracy(vectors, tmp_path):
+    from emovec.demo import plot_heldout
+
+    path = tmp_path / "heldout.png"
+    plot_heldout(vectors.metrics["heldout"], vectors.default_layer, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

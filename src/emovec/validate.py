@@ -34,7 +34,7 @@ def sentiment(texts: Sequence[str]) -> np.ndarray:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(
-            "the sentiment scorer needs vaderSentiment: pip install 'emovec[eval]'"
+            "the sentiment scorer needs vaderSentiment: pip install vaderSentiment"
         ) from exc
     analyzer = SentimentIntensityAnalyzer()
     return np.array([analyzer.polarity_scores(t)["compound"] for t in texts])

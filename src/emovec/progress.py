@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 @contextmanager
 def token_progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; shows a bar with throughput and ETA on stderr when enabled."""
+    """Yield ``advance(n)``; shows tokens done, elapsed time and ETA on stderr when enabled."""
     if not enabled:
         yield lambda _n: None
         return

@@ -19,8 +19,6 @@ scatter matrix per layer for the neutral texts, and held-out stories (if any) ar
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -76,21 +74,6 @@ def _pooling_hook(rows, weights, counted, pooled, norm_sums):
     return capture
 
 
-@functools.cache
-def _return_freed_buffers_to_the_os() -> None:
-    """Serve large allocations by mmap so freed activation buffers go back to the OS.
-
-    With glibc's default threshold, the heap keeps the varied activation buffers of many
-    batches and the process grows slowly with corpus size (fragmentation); 64 KiB keeps the
-    peak flat. Called once; a no-op where glibc's ``mallopt`` is not available.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 class PooledPass:
     """One forward pass per batch, pooled residual means at every requested layer.
 
@@ -100,7 +83,6 @@ class PooledPass:
 
     def __init__(self, lm: LanguageModel, layers: Sequence[int], settings: ExtractionSettings):
         self.lm, self.layers, self.settings = lm, list(layers), settings
-        _return_freed_buffers_to_the_os()
         self.norm_sum = torch.zeros(len(self.layers), dtype=torch.float64)
         self.norm_count = 0
         self.tokens = 0

@@ -29,7 +29,13 @@ from collections.abc import Callable
 import torch
 
 from emovec.corpus import load_corpus
-from emovec.extraction import ExtractionSettings, PooledPass, _batches, pooling_weights
+from emovec.extraction import (
+    ExtractionSettings,
+    PooledPass,
+    _batches,
+    pooling_weights,
+    right_padded,
+)
 from emovec.hooks import run_to_layer
 from emovec.models import load_model
 
@@ -40,12 +46,7 @@ def padded_batches(lm, ids, batch_size):
     """The same length-bucketed, right-padded batches emovec builds."""
     pad = lm.tokenizer.pad_token_id
     for batch in _batches([len(x) for x in ids], batch_size):
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, i in enumerate(batch):
-            input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-            mask[r, : len(ids[i])] = 1
+        input_ids, mask = right_padded([ids[i] for i in batch], pad)
         yield batch, input_ids, mask
 
 

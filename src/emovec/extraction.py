@@ -63,6 +63,17 @@ def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
         yield order[i : i + batch_size]
 
 
+def right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as a right-padded [batch, width] id tensor and its attention mask."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        input_ids[r, : len(row)] = torch.tensor(row)
+        attention[r, : len(row)] = 1
+    return input_ids, attention
+
+
 def _pooling_hook(rows, weights, counted, pooled, norm_sums):
     """A capture hook that writes one batch's pooled means and residual-norm sums."""
 
@@ -96,12 +107,8 @@ class PooledPass:
         lm, rows = self.lm, {layer: i for i, layer in enumerate(self.layers)}
         pad = lm.tokenizer.pad_token_id
         for batch in _batches([len(x) for x in ids], self.settings.batch_size):
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-                attention[r, : len(ids[i])] = 1
+            input_ids, attention = right_padded([ids[i] for i in batch], pad)
+            width = input_ids.shape[1]
             lengths = attention.sum(1)
             weights = pooling_weights(lengths, width, self.settings.start_token)
             weights = weights.to(lm.device, dtype=lm.model.dtype)

@@ -101,3 +101,37 @@ def test_main_job_plots_held_out_accuracy(vectors, tmp_path):
     path = tmp_path / "heldout.png"
     plot_heldout(vectors.metrics["heldout"], vectors.default_layer, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pooled_cache_skips_the_model_and_gives_the_same_vectors(lm, small_corpus, tmp_path):
+    from emovec.activation_cache import PooledCache
+
+    tiny = Corpus(
+        small_corpus.subset(["happy", "sad", "calm"]).stories, small_corpus.neutral[:6], "t"
+    )
+    cold = extract(lm, tiny, layers=[4, 12], cache=tmp_path, batch_size=4)
+    assert cold.metrics["cached_texts"] == 0
+    folder = PooledCache.for_model(lm, root=tmp_path).folder
+    assert len(list(folder.glob("shard-*.safetensors"))) >= 1
+
+    calls = []
+    handle = lm.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:  # other method settings and a subset of layers: every text comes from the cache
+        warm = extract(lm, tiny, layers=[12], cache=tmp_path, neutral_variance=0.0)
+        again = extract(lm, tiny, layers=[4, 12], cache=tmp_path, batch_size=4)
+    finally:
+        handle.remove()
+    assert calls == [] and warm.metrics["cached_texts"] == len(tiny.stories) + 6
+    torch.testing.assert_close(again.vectors, cold.vectors, rtol=0, atol=1e-6)
+    torch.testing.assert_close(again.residual_norm, cold.residual_norm)
+    direct = extract(lm, tiny, layers=[12], neutral_variance=0.0)
+    torch.testing.assert_close(warm.vectors, direct.vectors, rtol=1e-5, atol=1e-5)
+
+    # A torn shard (a run killed mid-write leaves only *.tmp, but be robust to worse) is
+    # ignored: its texts are recomputed, and a grown corpus runs only the new texts.
+    next(folder.glob("shard-*.safetensors")).write_bytes(b"not a shard")
+    grown = Corpus(
+        small_corpus.subset(["happy", "sad", "calm", "bored"]).stories, tiny.neutral, "g"
+    )
+    vec = extract(lm, grown, layers=[4, 12], cache=tmp_path, neutral_variance=0.0)
+    assert 6 <= vec.metrics["cached_texts"] <= 18  # never the torn shard's or bored's texts

@@ -151,6 +151,10 @@ def extract(
     emotion: Annotated[
         list[str] | None, typer.Option("--emotion", "-e", help="Restrict to these emotions.")
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(help="Keep per-text pooled means so re-extraction skips texts seen before."),
+    ] = True,
 ) -> None:
     """Build emotion vectors from a corpus (one forward pass per batch, all layers)."""
     from emovec.corpus import load_corpus
@@ -169,12 +173,15 @@ def extract(
         neutral_variance=neutral_variance,
         batch_size=batch_size,
         holdout_every=holdout_every,
+        cache=cache,
     )
     vectors.save(out_path)
     out.print(
         f"wrote {out_path}: {len(vectors.emotions)} emotions x {len(vectors.layers)} layers, "
         f"default layer {vectors.default_layer}"
     )
+    if vectors.metrics.get("cached_texts"):
+        out.print(f"{vectors.metrics['cached_texts']} texts came from the activation cache")
     if "heldout" in vectors.metrics:
         h = vectors.metrics["heldout"]
         i = vectors.layers.index(vectors.default_layer)

@@ -85,7 +85,7 @@ def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVe
         f"building vectors: {len(corpus.stories)} stories, {len(corpus.neutral)} neutral "
         f"dialogues, all {lm.n_layers} layers"
     )
-    vectors = extract(lm, corpus, progress=True, holdout_every=3)
+    vectors = extract(lm, corpus, progress=True, holdout_every=3, cache=True)
     vectors.save(path)
     return vectors
 

@@ -19,12 +19,17 @@ scatter matrix per layer for the neutral texts, and held-out stories (if any) ar
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from emovec.activation_cache import PooledCache, text_key
 from emovec.corpus import CURATED, Corpus, load_corpus
 from emovec.hooks import residual_hooks, run_to_layer
 from emovec.models import LanguageModel
@@ -74,13 +79,35 @@ def right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, tor
     return input_ids, attention
 
 
+@functools.cache
+def _libc_trim():
+    """glibc's ``malloc_trim`` if this process uses glibc, else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS.
+
+    Batches of varied shapes leave glibc's heap fragmented, so a long extraction's resident
+    size would creep up with corpus size although nothing per story is kept. Trimming once
+    per batch (microseconds against a batch's seconds) keeps the peak flat.
+    """
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _pooling_hook(rows, weights, counted, pooled, norm_sums):
     """A capture hook that writes one batch's pooled means and residual-norm sums."""
 
     def capture(layer: int, hidden: torch.Tensor, _offset: int) -> None:
         row = rows[layer]
         pooled[row] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).float().cpu()
-        norm_sums[row] = hidden.norm(dim=-1)[counted].double().sum().cpu()
+        norm_sums[row] = (hidden.norm(dim=-1) * counted).double().sum(dim=1).cpu()
 
     return capture
 
@@ -88,25 +115,58 @@ def _pooling_hook(rows, weights, counted, pooled, norm_sums):
 class PooledPass:
     """One forward pass per batch, pooled residual means at every requested layer.
 
-    ``run(texts)`` yields ``(indices, pooled [layers, batch, d_model])`` per batch and keeps a
-    running sum of residual norms over pooled positions (the steering unit).
+    ``run(ids)`` yields ``(indices, pooled [layers, batch, d_model])`` per batch and keeps a
+    running sum of residual norms over pooled positions (the steering unit). With a
+    :class:`~emovec.activation_cache.PooledCache`, texts seen before come from it and new
+    ones are added to it, so only unseen texts reach the model.
     """
 
-    def __init__(self, lm: LanguageModel, layers: Sequence[int], settings: ExtractionSettings):
-        self.lm, self.layers, self.settings = lm, list(layers), settings
+    def __init__(
+        self,
+        lm: LanguageModel,
+        layers: Sequence[int],
+        settings: ExtractionSettings,
+        cache: PooledCache | None = None,
+    ):
+        self.lm, self.layers, self.settings, self.cache = lm, list(layers), settings, cache
         self.norm_sum = torch.zeros(len(self.layers), dtype=torch.float64)
         self.norm_count = 0
         self.tokens = 0
         self.padded_tokens = 0
+        self.cached_texts = 0
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.lm.encode(t)[: self.settings.max_tokens] for t in texts]
 
     @torch.no_grad()
     def run(self, ids: list[list[int]], progress=None) -> Iterator[tuple[list[int], torch.Tensor]]:
+        size = self.settings.batch_size
+        keys = todo = None
+        if self.cache is not None:
+            keys = [text_key(x, self.settings.start_token) for x in ids]
+            done = [i for i, k in enumerate(keys) if self.cache.has(k, self.layers)]
+            todo = sorted(set(range(len(ids))) - set(done))
+            for j in range(0, len(done), size):
+                batch = done[j : j + size]
+                pooled, norms, counts = self.cache.get([keys[i] for i in batch], self.layers)
+                self._account(norms.sum(dim=1), int(counts.sum()))
+                self.cached_texts += len(batch)
+                if progress is not None:
+                    progress(sum(len(ids[i]) for i in batch))
+                yield batch, pooled
+        try:
+            yield from self._forward(ids, todo, keys, progress)
+        finally:
+            if self.cache is not None:
+                self.cache.flush()
+
+    def _forward(self, ids, todo, keys, progress):
         lm, rows = self.lm, {layer: i for i, layer in enumerate(self.layers)}
         pad = lm.tokenizer.pad_token_id
-        for batch in _batches([len(x) for x in ids], self.settings.batch_size):
+        todo = list(range(len(ids))) if todo is None else todo
+        lengths_all = [len(ids[i]) for i in todo]
+        for local in _batches(lengths_all, self.settings.batch_size):
+            batch = [todo[i] for i in local]
             input_ids, attention = right_padded([ids[i] for i in batch], pad)
             width = input_ids.shape[1]
             lengths = attention.sum(1)
@@ -114,7 +174,7 @@ class PooledPass:
             weights = weights.to(lm.device, dtype=lm.model.dtype)
             counted = weights > 0
             pooled = torch.empty(len(self.layers), len(batch), lm.d_model, dtype=torch.float32)
-            norm_sums = torch.zeros(len(self.layers), dtype=torch.float64)
+            norm_sums = torch.zeros(len(self.layers), len(batch), dtype=torch.float64)
 
             capture = _pooling_hook(rows, weights, counted, pooled, norm_sums)
             with residual_hooks(lm.layers, dict.fromkeys(self.layers, capture)):
@@ -124,13 +184,20 @@ class PooledPass:
                     input_ids=input_ids.to(lm.device),
                     attention_mask=attention.to(lm.device),
                 )
-            self.norm_sum += norm_sums
-            self.norm_count += int(counted.sum())
+            per_text = counted.sum(dim=1).cpu()
+            self._account(norm_sums.sum(dim=1), int(per_text.sum()))
             self.tokens += int(lengths.sum())
             self.padded_tokens += len(batch) * width
+            if self.cache is not None:
+                self.cache.put([keys[i] for i in batch], self.layers, pooled, norm_sums, per_text)
+            release_freed_memory()
             if progress is not None:
                 progress(int(lengths.sum()))
             yield batch, pooled
+
+    def _account(self, norm_sums: torch.Tensor, count: int) -> None:
+        self.norm_sum += norm_sums
+        self.norm_count += count
 
     @property
     def mean_norm(self) -> torch.Tensor:
@@ -213,6 +280,7 @@ def extract(
     corpus: Corpus | str = CURATED,
     settings: ExtractionSettings | None = None,
     progress: bool = False,
+    cache: PooledCache | str | bool | None = None,
     **overrides: Any,
 ) -> EmotionVectors:
     """Build emotion vectors for ``lm`` from ``corpus`` (see the module docstring for the method).
@@ -222,6 +290,10 @@ def extract(
     the default, and the final vectors then use all stories. Without a hold-out the default
     layer is the study's two-thirds depth. Steering defaults to 40% depth (see
     :attr:`EmotionVectors.steer_layer`).
+
+    ``cache`` keeps every text's pooled means (``True``: under ``$EMOVEC_CACHE/pooled``; a
+    folder or :class:`PooledCache`: there), so re-extracting with other method settings, a
+    subset or a grown corpus runs the model only on texts it has not seen.
     """
     settings = settings or ExtractionSettings()
     for key, value in overrides.items():
@@ -254,7 +326,11 @@ def extract(
     held_ids = [i for i, h in enumerate(held_mask) if h]
     held_row = {i: r for r, i in enumerate(held_ids)}
 
-    passer = PooledPass(lm, layers, settings)
+    if cache is True:
+        cache = PooledCache.for_model(lm)
+    elif isinstance(cache, (str, os.PathLike)):
+        cache = PooledCache.for_model(lm, root=cache)
+    passer = PooledPass(lm, layers, settings, cache=cache if cache not in (None, False) else None)
     story_ids = passer.tokenize([s["text"] for s in corpus.stories])
     neutral_ids = passer.tokenize(corpus.neutral_texts())
     total_tokens = sum(map(len, story_ids)) + sum(map(len, neutral_ids))
@@ -287,6 +363,7 @@ def extract(
         "neutral_components": [int(b.shape[1]) for b in bases],
         "tokens": passer.tokens,
         "padding_waste": round(1 - passer.tokens / max(passer.padded_tokens, 1), 4),
+        "cached_texts": passer.cached_texts,
     }
     default_layer = min(layers, key=lambda layer: abs(layer - (lm.n_layers - 1) * 2 / 3))
     steer_layer = min(layers, key=lambda layer: abs(layer - lm.n_layers * 0.4))

@@ -49,13 +49,15 @@ def pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return var / var.sum(), vt, centred @ vt.T
 
 
-def kmeans_ari(x: np.ndarray, emotions: list[str], k: int = 10, seed: int = 0) -> dict:
+def kmeans_ari(
+    x: np.ndarray, emotions: list[str], k: int = 10, seed: int = 0, n_init: int = 10
+) -> dict:
     """k-means on unit vectors vs the study's families: adjusted Rand index and our clusters."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     k = min(k, len(emotions) - 1)
-    labels = KMeans(n_clusters=k, n_init=20, random_state=seed).fit_predict(
+    labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(
         x / np.linalg.norm(x, axis=1, keepdims=True)
     )
     family = {e: f for f, members in catalog.families().items() for e in members}
@@ -89,7 +91,9 @@ def lexicon_correlations(scores: np.ndarray, emotions: list[str]) -> dict | None
     }
 
 
-def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0) -> dict:
+def geometry_metrics(
+    vectors: EmotionVectors, layer: int, seed: int = 0, n_init: int = 10
+) -> dict:
     """Every number of the geometry experiment at one layer (PC signs oriented to the norms).
 
     A principal component's sign is arbitrary; PC1 is flipped so that it correlates positively
@@ -114,7 +118,7 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0) -> dict
         "variance_ratio": ratios[:10].tolist(),
         "scores": scores[:, :2],
         "lexicon": lex,
-        "kmeans": kmeans_ari(x, vectors.emotions, seed=seed),
+        "kmeans": kmeans_ari(x, vectors.emotions, seed=seed, n_init=n_init),
     }
 
 
@@ -132,7 +136,7 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
             "layer": layer,
             "kmeans_k": km["k"],
             "kmeans_seed": seed,
-            "n_init": 20,
+            "n_init": 10,
             "lexicon": LEXICON_NAME if lex is not None else "not installed",
         },
     )

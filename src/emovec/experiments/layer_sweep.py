@@ -64,7 +64,7 @@ def layer_metrics(
         strength = implicit.diagonal_strength(square)
         out["implicit_top1"].append(strength["top1"])
         out["implicit_margin"].append(strength["diagonal_minus_off"])
-        geo = geometry.geometry_metrics(vectors, layer)
+        geo = geometry.geometry_metrics(vectors, layer, n_init=3)
         lex = geo["lexicon"] or {}
         out["pc1_valence"].append(lex.get("pc1_valence", float("nan")))
         out["pc2_arousal"].append(lex.get("pc2_arousal", float("nan")))

@@ -15,7 +15,6 @@ prompt (tested).
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 from collections.abc import Sequence
@@ -164,8 +163,8 @@ class ChoiceRunner:
             )
         self.tokens += len(ids)
         if steering is None:
-            self.caches[a] = out.past_key_values
-        return out.past_key_values
+            self.caches[a] = out.cache
+        return out.cache
 
     def run(
         self,
@@ -191,8 +190,7 @@ class ChoiceRunner:
                 ids = torch.full((len(rows), width), pad, dtype=torch.long)
                 for r, row in enumerate(rows):
                     ids[r, : len(row)] = torch.tensor(row)
-                cache = copy.deepcopy(cache_a)
-                cache.batch_repeat_interleave(len(rows))
+                cache = _expanded(cache_a, len(rows))
                 ctx = _no_steer()
                 if steer_b is not None:
                     mask = torch.zeros(len(rows), offset + width, dtype=torch.bool)
@@ -204,7 +202,7 @@ class ChoiceRunner:
                 # attends to the pads that follow it.
                 with torch.no_grad(), ctx:
                     hidden = backbone(lm.model)(
-                        input_ids=ids.to(lm.device), past_key_values=cache, use_cache=True
+                        input_ids=ids.to(lm.device), cache=cache, use_cache=True
                     ).last_hidden_state
                 last = torch.tensor([len(r) - 1 for r in rows])
                 out[chunk] = _letter_logits(
@@ -212,6 +210,18 @@ class ChoiceRunner:
                 ).numpy()
                 self.tokens += sum(map(len, rows))
         return out
+
+
+def _expanded(cache, n: int):
+    """A fresh cache holding ``n`` copies of a one-row prefix cache (the original is kept)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[
+            (layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1))
+            for layer in cache.layers
+        ]
+    )
 
 
 class _no_steer:

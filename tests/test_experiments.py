@@ -269,3 +269,26 @@ def test_report_is_one_self_contained_page(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "r.html").exists()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "c")])
     assert res.exit_code == 2 and "no result folders" in res.output
+
+
+def test_run_all_writes_folders_the_report_renders(lm, vectors, tmp_path):
+    from emovec.experiments import AllSettings, run_all
+    from emovec.report import build_report
+
+    skip = ["sweeps", "implicit", "layer_sweep", "preferences", "posttrain"]
+    done = run_all(lm, vectors, tmp_path / "exp", AllSettings(skip=skip), log=lambda _s: None)
+    assert set(done) == {"geometry", "logit_lens"}
+    page = build_report(tmp_path).read_text()
+    assert "Geometry of the emotion vectors" in page and "Logit lens" in page
+
+
+def test_cli_geometry_writes_a_result_folder(vectors_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from emovec.cli import app
+
+    res = CliRunner().invoke(
+        app, ["experiment", "geometry", "-v", str(vectors_file), "-o", str(tmp_path / "g")]
+    )
+    assert res.exit_code == 0, res.output
+    assert load_result(tmp_path / "g")["name"] == "geometry"

@@ -88,12 +88,19 @@ def lexicon_correlations(scores: np.ndarray, emotions: list[str]) -> dict | None
         "pc2_arousal": float(np.corrcoef(pc2, aro)[0, 1]),
         "pc1_arousal": float(np.corrcoef(pc1, aro)[0, 1]),
         "pc2_valence": float(np.corrcoef(pc2, val)[0, 1]),
+        # Where valence and arousal live if not on PC1/PC2: best |r| among the first 5 PCs.
+        "best_valence_pc": _best_pc(scores[matched, :5], val),
+        "best_arousal_pc": _best_pc(scores[matched, :5], aro),
     }
 
 
-def geometry_metrics(
-    vectors: EmotionVectors, layer: int, seed: int = 0, n_init: int = 10
-) -> dict:
+def _best_pc(scores: np.ndarray, human: np.ndarray) -> dict:
+    rs = [abs(float(np.corrcoef(scores[:, k], human)[0, 1])) for k in range(scores.shape[1])]
+    k = int(np.argmax(rs))
+    return {"pc": k + 1, "abs_r": rs[k]}
+
+
+def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init: int = 10) -> dict:
     """Every number of the geometry experiment at one layer (PC signs oriented to the norms).
 
     A principal component's sign is arbitrary; PC1 is flipped so that it correlates positively
@@ -160,6 +167,12 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
             0.66,
             f"{words}; arousal is weaker and model-dependent on open models",
         )
+        for dim in ("valence", "arousal"):
+            best = lex[f"best_{dim}_pc"]
+            result.compare(
+                f"PC among the first 5 that best tracks {dim}",
+                f"PC{best['pc']}, |r| = {best['abs_r']:.3f}",
+            )
     result.compare(
         f"k-means (k={km['k']}) vs the study's families, adjusted Rand index",
         round(km["ari"], 3),

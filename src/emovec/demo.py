@@ -91,7 +91,9 @@ def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVe
     return vectors
 
 
-def run_experiments(lm, vectors: EmotionVectors, out_dir: Path, console: Console) -> dict:
+def run_experiments(
+    lm, vectors: EmotionVectors, out_dir: Path, console: Console, settings=None
+) -> dict:
     """Every experiment with the main job's settings (see ``AllSettings``), then the report.
 
     The held-out accuracy also becomes a report section, through the same result protocol.
@@ -117,7 +119,9 @@ def run_experiments(lm, vectors: EmotionVectors, out_dir: Path, console: Console
     section.save(out_dir / "heldout")
     plot_heldout(held, vectors.default_layer, out_dir / "heldout" / "heldout_accuracy.png")
     console.print("[bold]experiments[/] (settings: emovec.experiments.AllSettings)")
-    results = run_all(lm, vectors, out_dir / "experiments", AllSettings(), log=console.print)
+    results = run_all(
+        lm, vectors, out_dir / "experiments", settings or AllSettings(), log=console.print
+    )
     report = build_report(
         out_dir,
         context={

@@ -492,9 +492,9 @@ def posttrain(
     post: Annotated[str | None, typer.Option(help="Post-trained model spec.")] = None,
     push: Annotated[
         str | None,
-        typer.Option(help="Instead of --post: the base with its embeddings pushed along EMOTION."),
+        typer.Option(help="Instead of --post: the base with its weights pushed along EMOTION."),
     ] = None,
-    strength: Annotated[float, typer.Option(help="Push strength (with --push).")] = 0.3,
+    strength: Annotated[float, typer.Option(help="Push strength (with --push).")] = 0.1,
     layer: ExpLayer = None,
     out_path: ExpOut = None,
 ) -> None:

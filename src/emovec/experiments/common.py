@@ -1,0 +1,124 @@
+"""What every experiment shares: emotion selection with clear errors, and batched readouts at
+the start of the assistant's reply (where the study reads), at many layers in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from emovec.catalog import UnknownEmotionError
+from emovec.extraction import right_padded
+from emovec.hooks import residual_hooks, run_to_layer
+from emovec.models import LanguageModel
+from emovec.vectors import EmotionVectors
+
+
+class ExperimentError(ValueError):
+    """Input an experiment cannot use: a bad template, value, emotion list or model pair."""
+
+
+def pick_emotions(vectors: EmotionVectors, names: Sequence[str], experiment: str) -> list[str]:
+    """Canonical names of ``names``; one error listing every name the vector file lacks."""
+    found, missing = [], []
+    for name in names:
+        try:
+            found.append(vectors.resolve(name))
+        except UnknownEmotionError:
+            missing.append(name)
+    if missing:
+        raise ExperimentError(
+            f"{experiment} needs emotions the vector file lacks: {', '.join(missing)} "
+            f"(it has {len(vectors.emotions)}: {', '.join(vectors.emotions[:8])}"
+            f"{', ...' if len(vectors.emotions) > 8 else ''}); choose emotions it has or "
+            "rebuild the vectors with them (`emovec extract -e ...`)"
+        )
+    return found
+
+
+def check_compatible(lm: LanguageModel, vectors: EmotionVectors) -> None:
+    """For reading vectors in a model they were not built from: the shapes must agree."""
+    ident = lm.identity()
+    for key in ("d_model", "n_layers"):
+        if ident[key] != vectors.model.get(key):
+            raise ExperimentError(
+                f"model {lm.name!r} has {key} {ident[key]} but the vectors were built for "
+                f"{vectors.model.get(key)} ({vectors.model.get('name')!r}): the two models must "
+                "share one architecture"
+            )
+
+
+def chat_ids(lm: LanguageModel, messages: Sequence[str]) -> list[list[int]]:
+    """Token ids of each message as a user turn, ending where the assistant's reply starts."""
+    return [lm.encode(lm.format_chat([{"role": "user", "content": m}])) for m in messages]
+
+
+@torch.no_grad()
+def last_token_residuals(
+    lm: LanguageModel, ids: Sequence[list[int]], layers: Sequence[int], batch_size: int = 16
+) -> torch.Tensor:
+    """Residual stream at each sequence's last token: [n, len(layers), d_model] (float32)."""
+    layers = list(layers)
+    out = torch.empty(len(ids), len(layers), lm.d_model)
+    rows = {layer: i for i, layer in enumerate(layers)}
+    pad = lm.tokenizer.pad_token_id
+    for start in range(0, len(ids), batch_size):
+        chunk = list(ids[start : start + batch_size])
+        input_ids, attention = right_padded(chunk, pad)
+        last = attention.sum(1) - 1
+        grabbed: dict[int, torch.Tensor] = {}
+
+        def grab(layer: int, hidden: torch.Tensor, _offset: int, last=last, grabbed=grabbed):
+            grabbed[layer] = hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)].float()
+
+        with residual_hooks(lm.layers, dict.fromkeys(layers, grab)):
+            run_to_layer(
+                lm.model,
+                max(layers),
+                input_ids=input_ids.to(lm.device),
+                attention_mask=attention.to(lm.device),
+            )
+        for layer, value in grabbed.items():
+            out[start : start + len(chunk), rows[layer]] = value.cpu()
+    return out
+
+
+def scores_from_residuals(
+    residual: torch.Tensor, vectors: EmotionVectors, layers: Sequence[int]
+) -> np.ndarray:
+    """Centred cosine of residuals [n, L, d] with every emotion at each layer -> [n, L, E]."""
+    out = np.empty((residual.shape[0], len(layers), len(vectors.emotions)), dtype=np.float32)
+    for i, layer in enumerate(layers):
+        row = vectors.layer_index(layer)
+        x = residual[:, i] - vectors.mean_activation[row]
+        out[:, i] = (torch.nn.functional.normalize(x, dim=-1) @ vectors.vectors[row].T).numpy()
+    return out
+
+
+def reply_start_scores(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    messages: Sequence[str],
+    layers: Sequence[int] | None = None,
+    check: bool = True,
+) -> np.ndarray:
+    """Emotion scores at the start of the reply to each user message: [n, layers, emotions].
+
+    ``check=False`` reads vectors in a model they were not built from (same shapes only),
+    which is what comparing a base and a post-trained model needs.
+    """
+    if check:
+        vectors.check_model(lm)
+    else:
+        check_compatible(lm, vectors)
+    layers = list(vectors.layers) if layers is None else list(layers)
+    residual = last_token_residuals(lm, chat_ids(lm, messages), layers)
+    return scores_from_residuals(residual, vectors, layers)
+
+
+def resolve_layer(vectors: EmotionVectors, layer: int | None) -> int:
+    """The layer to report at (default: the vector file's), checked to be in the file."""
+    layer = vectors.default_layer if layer is None else layer
+    vectors.layer_index(layer)
+    return layer

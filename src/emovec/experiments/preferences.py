@@ -1,0 +1,517 @@
+"""Preferences: which of two activities does the model choose, and do emotions explain it?
+
+Every ordered pair of the study's 64 activities becomes the user turn "Would you prefer to (A)
+... or (B) ...?" with the reply prefilled up to "(" ; the logit of "A" minus that of "B" is the
+model's choice. A Bradley-Terry fit (with a term for the bias toward one letter) turns the 4,032
+choices into an Elo per activity. Each emotion's probe value on the activity's tokens is then
+correlated with Elo, and steering along the emotion on the activity's tokens only shows whether
+the emotion *causes* the preference (the study: r = 0.85 between the two across emotions).
+
+Cost: all pairs with the same option A share a prefix, so it runs once per activity and its
+key/value cache is reused by a batch of every option B; only the logits of "A" and "B" at the
+last position are computed. This is exact: the cached pass gives the same logits as the full
+prompt (tested).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+import torch
+
+from emovec.experiments.common import ExperimentError, pick_emotions, resolve_layer
+from emovec.experiments.result import Result, pyplot
+from emovec.hooks import backbone, residual_hooks
+from emovec.models import LanguageModel
+from emovec.steering import steer
+from emovec.vectors import EmotionVectors
+
+QUESTION = "Would you prefer to (A) {a} or (B) {b}?"
+ELO_SCALE = 400 / math.log(10)
+ELO_BASE = 1500.0
+#: Emotions steered by default: the study's two headline ones and a spread over valence/arousal.
+STEER_EMOTIONS = [
+    "blissful",
+    "hostile",
+    "happy",
+    "sad",
+    "calm",
+    "afraid",
+    "angry",
+    "excited",
+    "proud",
+    "ashamed",
+    "loving",
+    "bored",
+    "desperate",
+    "grateful",
+    "lonely",
+    "disgusted",
+]
+
+
+@cache
+def study_activities() -> list[dict]:
+    """The study's 64 activities with its Elo and probe values (bundled table)."""
+    from importlib import resources
+
+    text = resources.files("emovec.data").joinpath("activities_64.csv").read_text("utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    for row in rows:
+        for key in ("elo_post", "blissful_post", "hostile_post"):
+            row[key] = float(row[key])
+    return rows
+
+
+@dataclass
+class ChoicePrompt:
+    """The choice prompt cut into token pieces so that a shared prefix can be cached.
+
+    prompt = head + A-activity + middle + B-activity + tail; each activity's tokens are fixed
+    (tokenised with a leading space), so a pair's tokens are the concatenation of its pieces.
+    """
+
+    head: list[int]
+    middle: list[int]
+    tail: list[int]
+    activities: list[list[int]]
+    letters: tuple[int, int]
+
+    def ids(self, a: int, b: int) -> list[int]:
+        return self.head + self.activities[a] + self.middle + self.activities[b] + self.tail
+
+
+def build_prompt(lm: LanguageModel, activities: Sequence[str]) -> ChoicePrompt:
+    sentinel = "\u2063CONTENT\u2063"
+    chat = lm.format_chat([{"role": "user", "content": sentinel}])
+    before, after = chat.split(sentinel)
+    q_head, rest = QUESTION.split("{a}")
+    q_mid, q_tail = rest.split("{b}")
+    tok = lm.tokenizer
+
+    def piece(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    letters = []
+    for letter in ("A", "B"):
+        ids = piece(letter)
+        if len(ids) != 1:
+            raise ExperimentError(f"option letter {letter!r} is not one token for {lm.name}")
+        letters.append(ids[0])
+    return ChoicePrompt(
+        head=lm.encode(before + q_head.rstrip()),
+        middle=piece(q_mid.rstrip()),
+        tail=piece(q_tail + after + "("),
+        activities=[piece(" " + a.strip()) for a in activities],
+        letters=(letters[0], letters[1]),
+    )
+
+
+def _letter_logits(lm: LanguageModel, hidden: torch.Tensor, letters: tuple[int, int]):
+    """logit(A) - logit(B) from final-normed hidden states [n, d] (two rows of the unembedding)."""
+    w = lm.model.get_output_embeddings().weight[list(letters)]
+    logits = hidden.to(w.dtype) @ w.T
+    bias = getattr(lm.model.get_output_embeddings(), "bias", None)
+    if bias is not None:
+        logits = logits + bias[list(letters)]
+    return (logits[:, 0] - logits[:, 1]).float().cpu()
+
+
+@dataclass
+class ChoiceRunner:
+    """Computes A-minus-B logits of pairs, reusing each option A's prefix cache."""
+
+    lm: LanguageModel
+    prompt: ChoicePrompt
+    vectors: EmotionVectors | None = None
+    read_layer: int | None = None
+    batch_size: int = 64
+    tokens: int = 0
+    caches: dict[int, object] = field(default_factory=dict)
+    probes: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def _prefix(self, a: int, steering: tuple[dict, int] | None = None):
+        """Run head + activity a (optionally steered on a's tokens); cache, probe values."""
+        if steering is None and a in self.caches:
+            return self.caches[a]
+        lm, p = self.lm, self.prompt
+        ids = p.head + p.activities[a]
+        span = slice(len(p.head), len(ids))
+        hooks = {}
+        if steering is None and self.vectors is not None and a not in self.probes:
+            row = self.vectors.layer_index(self.read_layer)
+
+            def probe(_layer, hidden, _offset):
+                x = hidden[0, span].float().cpu() - self.vectors.mean_activation[row]
+                cos = torch.nn.functional.normalize(x, dim=-1) @ self.vectors.vectors[row].T
+                self.probes[a] = cos.mean(0).numpy()
+
+            hooks[self.read_layer] = probe
+        ctx = _no_steer()
+        if steering is not None:
+            mask = torch.zeros(1, len(ids), dtype=torch.bool)
+            mask[0, span] = True
+            ctx = steer(lm, self.vectors, steering[0], layers=[steering[1]], positions=mask)
+        with torch.no_grad(), ctx, residual_hooks(lm.layers, hooks):
+            out = backbone(lm.model)(
+                input_ids=torch.tensor([ids], device=lm.device), use_cache=True
+            )
+        self.tokens += len(ids)
+        if steering is None:
+            self.caches[a] = out.cache
+        return out.cache
+
+    def run(
+        self,
+        pairs: Sequence[tuple[int, int]],
+        steer_a: tuple[dict, int] | None = None,
+        steer_b: tuple[dict, int] | None = None,
+    ) -> np.ndarray:
+        """logit(A) - logit(B) for each (a, b); ``steer_a``/``steer_b`` = (strengths, layer)
+        steer the tokens of option A / option B only."""
+        lm, p = self.lm, self.prompt
+        out = np.empty(len(pairs), dtype=np.float32)
+        groups: dict[int, list[int]] = {}
+        for k, (a, _) in enumerate(pairs):
+            groups.setdefault(a, []).append(k)
+        pad = lm.tokenizer.pad_token_id
+        for a, members in groups.items():
+            cache_a = self._prefix(a, steer_a)
+            offset = len(p.head) + len(p.activities[a])
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                rows = [p.middle + p.activities[pairs[k][1]] + p.tail for k in chunk]
+                width = max(map(len, rows))
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                for r, row in enumerate(rows):
+                    ids[r, : len(row)] = torch.tensor(row)
+                cache = _expanded(cache_a, len(rows))
+                ctx = _no_steer()
+                if steer_b is not None:
+                    mask = torch.zeros(len(rows), offset + width, dtype=torch.bool)
+                    for r, k in enumerate(chunk):
+                        first = offset + len(p.middle)
+                        mask[r, first : first + len(p.activities[pairs[k][1]])] = True
+                    ctx = steer(lm, self.vectors, steer_b[0], layers=[steer_b[1]], positions=mask)
+                # Right padding needs no attention mask: with a causal model no real token
+                # attends to the pads that follow it.
+                with torch.no_grad(), ctx:
+                    hidden = backbone(lm.model)(
+                        input_ids=ids.to(lm.device), cache=cache, use_cache=True
+                    ).last_hidden_state
+                last = torch.tensor([len(r) - 1 for r in rows])
+                out[chunk] = _letter_logits(
+                    lm, hidden[torch.arange(len(rows)), last], p.letters
+                ).numpy()
+                self.tokens += sum(map(len, rows))
+        return out
+
+
+def _expanded(cache, n: int):
+    """A fresh cache holding ``n`` copies of a one-row prefix cache (the original is kept)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[
+            (layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1))
+            for layer in cache.layers
+        ]
+    )
+
+
+class _no_steer:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def full_prompt_logit(lm: LanguageModel, prompt: ChoicePrompt, a: int, b: int) -> float:
+    """The same A-minus-B logit from one uncached forward pass of the whole prompt."""
+    with torch.no_grad():
+        hidden = backbone(lm.model)(
+            input_ids=torch.tensor([prompt.ids(a, b)], device=lm.device), use_cache=False
+        ).last_hidden_state[:, -1]
+    return float(_letter_logits(lm, hidden, prompt.letters)[0])
+
+
+def fit_bradley_terry(
+    n: int, pairs: Sequence[tuple[int, int]], margins: np.ndarray, l2: float = 1e-3
+) -> tuple[np.ndarray, float]:
+    """Elo per item and the letter bias from soft outcomes sigmoid(logit A - logit B).
+
+    Model: P(choose A) = sigmoid(r_a - r_b + bias); ratings are centred, then put on the Elo
+    scale (400 / ln 10 per unit, mean 1500). Items never compared keep the mean.
+    """
+    from scipy.optimize import minimize
+
+    a = np.array([x for x, _ in pairs])
+    b = np.array([y for _, y in pairs])
+    target = 1 / (1 + np.exp(-np.asarray(margins, dtype=np.float64)))
+
+    def loss(theta):
+        r, bias = theta[:n], theta[n]
+        z = r[a] - r[b] + bias
+        p = 1 / (1 + np.exp(-z))
+        nll = -(target * np.log(p + 1e-12) + (1 - target) * np.log(1 - p + 1e-12)).sum()
+        g = p - target
+        grad = np.zeros(n + 1)
+        np.add.at(grad, a, g)
+        np.add.at(grad, b, -g)
+        grad[n] = g.sum()
+        grad[:n] += 2 * l2 * r
+        return nll + l2 * (r**2).sum(), grad
+
+    theta = minimize(loss, np.zeros(n + 1), jac=True, method="L-BFGS-B").x
+    r = theta[:n] - theta[:n].mean()
+    return ELO_BASE + ELO_SCALE * r, float(theta[n])
+
+
+def fit_one(
+    item: int, pairs: Sequence[tuple[int, int]], margins: np.ndarray, elo: np.ndarray, bias: float
+) -> float:
+    """Elo of one item from its own comparisons, every other rating and the bias held fixed."""
+    from scipy.optimize import minimize_scalar
+
+    r = (elo - ELO_BASE) / ELO_SCALE
+    target = 1 / (1 + np.exp(-np.asarray(margins, dtype=np.float64)))
+    sign = np.array([1.0 if a == item else -1.0 for a, _ in pairs])
+    other = np.array([r[b] if a == item else r[a] for a, b in pairs])
+
+    def nll(x):
+        z = sign * (x - other) + bias  # always "A minus B" of the pair
+        p = 1 / (1 + np.exp(-z))
+        return -(target * np.log(p + 1e-12) + (1 - target) * np.log(1 - p + 1e-12)).sum()
+
+    x = minimize_scalar(nll, bounds=(-30, 30), method="bounded").x
+    return ELO_BASE + ELO_SCALE * float(x)
+
+
+def _pearson(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def run_preferences(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    n_activities: int | None = None,
+    steer_emotions: Sequence[str] | None = None,
+    n_steered: int = 8,
+    n_opponents: int = 16,
+    strength: float = 0.5,
+    layer: int | None = None,
+    steer_layer: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Result:
+    """Elo of the activities, probe-Elo correlations, steering effects and Elo stability.
+
+    ``n_activities`` takes a seeded subset of the 64 (all ordered pairs among them are asked).
+    Steering: for each emotion, ``n_steered`` seeded activities are steered (strength
+    ``strength`` on their own tokens only) against ``n_opponents`` seeded other activities, in
+    both orders; each steered activity's Elo is refitted from those pairs with every other
+    rating fixed, and compared with the same fit on the unsteered pairs.
+    """
+    import time
+
+    vectors.check_model(lm)
+    layer = resolve_layer(vectors, layer)
+    steer_layer = vectors.default_steer_layer if steer_layer is None else steer_layer
+    vectors.layer_index(steer_layer)
+    if steer_emotions is None:
+        steer_emotions = [e for e in STEER_EMOTIONS if e in vectors.emotions]
+    steer_emotions = pick_emotions(vectors, steer_emotions, "the preference experiment")
+    table = study_activities()
+    rng = np.random.default_rng(seed)
+    chosen = list(range(len(table)))
+    if n_activities is not None:
+        if not 4 <= n_activities <= len(table):
+            raise ExperimentError(f"n_activities must be 4..{len(table)}, got {n_activities}")
+        chosen = sorted(rng.choice(len(table), n_activities, replace=False).tolist())
+    acts = [table[i] for i in chosen]
+    n = len(acts)
+    prompt = build_prompt(lm, [row["activity"] for row in acts])
+    runner = ChoiceRunner(lm, prompt, vectors, layer, batch_size)
+
+    started = time.perf_counter()
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+    margins = runner.run(pairs)
+    base_seconds = time.perf_counter() - started
+    elo, bias = fit_bradley_terry(n, pairs, margins)
+
+    # Stability: split the unordered pairs (both orders together) into two disjoint halves.
+    unordered = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    half = set(rng.permutation(len(unordered))[: len(unordered) // 2].tolist())
+    index = {p: k for k, p in enumerate(pairs)}
+    halves = []
+    for part in (True, False):
+        keep = [
+            k
+            for u, (a, b) in enumerate(unordered)
+            if (u in half) == part
+            for k in (index[(a, b)], index[(b, a)])
+        ]
+        halves.append(fit_bradley_terry(n, [pairs[k] for k in keep], margins[keep])[0])
+    stability = _spearman(*halves)
+
+    probes = np.stack([runner.probes[a] for a in range(n)])  # [n, E]
+    corr = {e: _pearson(probes[:, i], elo) for i, e in enumerate(vectors.emotions)}
+
+    # Steering on the activity tokens only.
+    steered_items = sorted(rng.choice(n, min(n_steered, n), replace=False).tolist())
+    pool = [i for i in range(n) if i not in steered_items] or list(range(n))
+    opponents = sorted(rng.choice(pool, min(n_opponents, len(pool)), replace=False).tolist())
+    started = time.perf_counter()
+    deltas: dict[str, float] = {}
+    per_item: dict[str, list[float]] = {}
+    for e in steer_emotions:
+        spec = ({e: strength}, steer_layer)
+        changes = []
+        as_a = {i: [(i, j) for j in opponents if j != i] for i in steered_items}
+        margins_a = {i: runner.run(as_a[i], steer_a=spec) for i in steered_items}
+        as_b_pairs = [(j, i) for j in opponents for i in steered_items if j != i]
+        margins_b = runner.run(as_b_pairs, steer_b=spec)
+        for i in steered_items:
+            own = as_a[i] + [p for p in as_b_pairs if p[1] == i]
+            new = np.concatenate(
+                [margins_a[i], margins_b[[k for k, p in enumerate(as_b_pairs) if p[1] == i]]]
+            )
+            old = margins[[index[p] for p in own]]
+            changes.append(fit_one(i, own, new, elo, bias) - fit_one(i, own, old, elo, bias))
+        deltas[e] = float(np.mean(changes))
+        per_item[e] = changes
+    steer_seconds = time.perf_counter() - started
+    shared = [e for e in steer_emotions if not math.isnan(corr[e])]
+    relation = _pearson([corr[e] for e in shared], [deltas[e] for e in shared])
+
+    study_elo = [row["elo_post"] for row in acts]
+    result = Result(
+        "preferences",
+        "Preferences between activities",
+        order=60,
+        settings={
+            "question": QUESTION + " (reply prefilled up to '(')",
+            "n_activities": n,
+            "n_ordered_pairs": len(pairs),
+            "probe_layer": layer,
+            "steer_layer": steer_layer,
+            "strength": strength,
+            "steered_emotions": steer_emotions,
+            "n_steered_activities": len(steered_items),
+            "n_opponents": len(opponents),
+            "seed": seed,
+            "activities_subset": chosen if n_activities is not None else "all 64",
+            "steering_design": "each steered activity vs the same opponents, both orders; "
+            "its Elo refitted with all other ratings fixed",
+        },
+        metrics={
+            "letter_bias_logit": bias,
+            "elo_stability_spearman": stability,
+            "probe_elo_r": corr,
+            "steering_delta_elo": deltas,
+            "steering_vs_correlation_r": relation,
+            "elo_vs_study_spearman": _spearman(elo, study_elo),
+            "tokens_forwarded": runner.tokens,
+            "seconds_all_pairs": round(base_seconds, 1),
+            "seconds_steering": round(steer_seconds, 1),
+        },
+        data={
+            "activities": [row["activity"] for row in acts],
+            "elo": elo.round(1).tolist(),
+            "study_elo": study_elo,
+            "probes": {
+                e: probes[:, i].round(5).tolist()
+                for i, e in enumerate(vectors.emotions)
+                if e in steer_emotions
+            },
+            "steering_per_activity": per_item,
+            "steered_activities": steered_items,
+            "opponents": opponents,
+        },
+    )
+    for e, study_r, study_d in (("blissful", 0.71, 212), ("hostile", -0.74, -303)):
+        if e in vectors.emotions:
+            result.compare(f"r(probe '{e}' on activity tokens, Elo)", round(corr[e], 3), study_r)
+        if e in deltas:
+            result.compare(
+                f"Elo change steering '{e}' (s = {strength})", round(deltas[e], 1), f"{study_d:+d}"
+            )
+    result.compare(
+        "r(steering Elo change, probe-Elo correlation) across emotions",
+        round(relation, 3),
+        0.85,
+        f"{len(shared)} emotions here, 35 in the study",
+    )
+    result.compare(
+        "Elo rank stability: Spearman between two disjoint halves of the pairs",
+        round(stability, 3),
+        None,
+        f"{len(unordered) // 2} unordered pairs per half",
+    )
+    result.compare(
+        "Spearman of our Elo with the study's (Claude Sonnet 4.5)",
+        round(result.metrics["elo_vs_study_spearman"], 3),
+        None,
+        "different model: only a loose match is expected",
+    )
+    result.compare("letter bias (logit A minus B at equal Elo)", round(bias, 3))
+    order = np.argsort(-elo)
+    result.add_table(
+        "Elo per activity (ours, and the study's post-trained model)",
+        ["rank", "activity", "Elo", "study Elo"],
+        [
+            [r + 1, acts[i]["activity"], round(float(elo[i])), int(study_elo[i])]
+            for r, i in enumerate(order)
+        ],
+    )
+    top = sorted(corr.items(), key=lambda kv: -abs(kv[1]) if not math.isnan(kv[1]) else 0)
+    result.add_table(
+        "Emotions whose probe value on the activity tokens tracks Elo most",
+        ["emotion", "r(probe, Elo)", "steering Elo change"],
+        [[e, round(r, 3), round(deltas[e], 1) if e in deltas else ""] for e, r in top[:15]],
+    )
+    result.summary = (
+        f"{len(pairs)} ordered choices among {n} activities (Elo stability between disjoint "
+        f"halves: Spearman {stability:.2f}). Steering {len(steer_emotions)} emotions on the "
+        f"activity tokens (s = {strength}): the Elo change tracks the probe-Elo correlation at "
+        f"r = {relation:+.2f} (study: 0.85)."
+    )
+    result.add_figure(
+        _plot(elo, halves, corr, deltas, steer_emotions),
+        "preferences.png",
+        "Left: Elo from one half of the pairs against the other. Right: per "
+        "emotion, probe-Elo correlation against the Elo change from steering.",
+    )
+    return result
+
+
+def _plot(elo, halves, corr, deltas, emotions):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes[0].scatter(halves[0], halves[1], s=12)
+    axes[0].set_xlabel("Elo from half 1 of the pairs")
+    axes[0].set_ylabel("Elo from half 2")
+    axes[1].axhline(0, color="grey", lw=0.5)
+    axes[1].axvline(0, color="grey", lw=0.5)
+    for e in emotions:
+        axes[1].scatter(corr[e], deltas[e], s=14, color="tab:red")
+        axes[1].annotate(e, (corr[e], deltas[e]), fontsize=7)
+    axes[1].set_xlabel("r(probe on activity tokens, Elo)")
+    axes[1].set_ylabel("mean Elo change when steered")
+    fig.tight_layout()
+    return fig

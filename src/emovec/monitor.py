@@ -536,9 +536,37 @@ def _vader() -> Any:
     return SentimentIntensityAnalyzer()
 
 
+#: Sign of each of the study's ten emotion families, for words VADER's lexicon lacks
+#: ("afraid", "terrified" ...): the families split cleanly by valence.
+FAMILY_VALENCE = {
+    "Exuberant Joy": 1.0,
+    "Peaceful Contentment": 1.0,
+    "Compassionate Gratitude": 1.0,
+    "Competitive Pride": 1.0,
+    "Playful Amusement": 1.0,
+    "Depleted Disengagement": -1.0,
+    "Vigilant Suspicion": -1.0,
+    "Hostile Anger": -1.0,
+    "Fear and Overwhelm": -1.0,
+    "Despair and Shame": -1.0,
+}
+
+
 def emotion_valence(emotion: str) -> float:
-    """VADER's valence of the emotion word itself (-1..1); 0 when VADER has no opinion."""
-    return float(_vader().polarity_scores(emotion)["compound"])
+    """Valence of an emotion concept (-1..1), judged without the model.
+
+    VADER's score of the word itself; for words VADER does not know, half the sign of the
+    emotion's family in the study's clustering; 0 when neither has an opinion.
+    """
+    value = float(_vader().polarity_scores(emotion)["compound"])
+    if abs(value) >= 0.05:
+        return value
+    try:
+        from emovec.catalog import family_of
+
+        return 0.5 * FAMILY_VALENCE.get(family_of(emotion), 0.0)
+    except ValueError:
+        return 0.0
 
 
 def text_sentiment(text: str) -> float:

@@ -207,3 +207,20 @@ def test_rule_kinds_on_known_sequences():
     for bad in ["", "sad:wave", "sad:level:x", "sad:level:2:explode"]:
         with pytest.raises(MonitorError):
             AlertRule.parse(bad)
+
+
+def test_monitor_command_writes_a_trace_and_reports_alerts(vectors_file, baseline_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from emovec.cli import app
+
+    trace = tmp_path / "cli-trace.jsonl"
+    args = ["monitor", "-v", str(vectors_file), FEAR_PROMPT, "-e", "afraid", "-e", "calm"]
+    args += ["-a", "afraid:level:3:stop", "--baseline", str(baseline_file), "--trace", str(trace)]
+    result = CliRunner().invoke(app, [*args, "--max-new-tokens", "4", "--no-live"])
+    assert result.exit_code == 0, result.output
+    assert "ALERT afraid level 3" in result.output and "stopped by alert" in result.output
+    loaded = read_trace(trace)
+    assert loaded.meta["emotions"] == ["afraid", "calm"] and loaded.replies[0]["alerts"]
+    bad = CliRunner().invoke(app, [*args[:4], "-a", "afraid:wave"])
+    assert bad.exit_code == 2 and "alert kind must be one of" in bad.output

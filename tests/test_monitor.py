@@ -60,18 +60,6 @@ FEAR_RULE = AlertRule("afraid", "level", threshold=3.0)
 
 
 @pytest.fixture(scope="module")
-def baseline_file(lm, vectors, tmp_path_factory):
-    path = tmp_path_factory.mktemp("baseline") / "baseline.json"
-    calibrate(lm, vectors, limit=3, max_tokens=96, cache=path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def baseline(lm, vectors, baseline_file):
-    return calibrate(lm, vectors, limit=3, max_tokens=96, cache=baseline_file)
-
-
-@pytest.fixture(scope="module")
 def fear_and_neutral(lm, vectors, baseline, tmp_path_factory):
     """One batched, traced generation of a fear prompt and a neutral one."""
     live = LiveMonitor(

@@ -489,3 +489,39 @@ def monitor(
         f"{len(reply.pieces)} tokens, stopped by {reply.stopped_by}; "
         f"{len(reply.alerts)} alert(s); trace: {trace}"
     )
+
+
+@command
+def serve(
+    vectors: VectorsOpt,
+    model: ModelOpt = None,
+    data: Annotated[
+        Path, typer.Option(help="Data folder: traces are written and read only here.")
+    ] = Path("emovec-data"),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8765,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Baseline JSON: used if it exists, else written.")
+    ] = None,
+    calibrate_limit: Annotated[int, typer.Option(help="Neutral dialogues to calibrate on.")] = 64,
+) -> None:
+    """Web dashboard: chat with the model, live heatmaps and timelines, steering, alerts."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "emovec serve needs fastapi and uvicorn: pip install 'emovec[serve]'"
+        ) from exc
+    from emovec.server import serve as run_server
+    from emovec.vectors import EmotionVectors
+
+    vecs = EmotionVectors.load(vectors)
+    lm = _load(model, vecs)
+    base = _baseline(lm, vecs, None, baseline, None, calibrate_limit)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(
+            f"[yellow]warning:[/] listening on {host}: anyone who can reach it can use the model"
+        )
+    out.print(f"emovec dashboard on http://{host}:{port}  (data folder: {data.resolve()})")
+    run_server(lm, vecs, data_dir=data, host=host, port=port, baseline=base)

@@ -8,6 +8,7 @@ import pytest
 from emovec.monitor import (
     AlertRule,
     Baseline,
+    HiddenStateCheck,
     LiveMonitor,
     Monitor,
     MonitorError,
@@ -63,7 +64,12 @@ FEAR_RULE = AlertRule("afraid", "level", threshold=3.0)
 def fear_and_neutral(lm, vectors, baseline, tmp_path_factory):
     """One batched, traced generation of a fear prompt and a neutral one."""
     live = LiveMonitor(
-        lm, vectors, emotions=["afraid", "calm"], baseline=baseline, rules=[FEAR_RULE]
+        lm,
+        vectors,
+        emotions=["afraid", "calm"],
+        baseline=baseline,
+        rules=[FEAR_RULE],
+        hidden=HiddenStateCheck(threshold=2.5),
     )
     events = []
     trace = tmp_path_factory.mktemp("trace") / "trace.jsonl"

@@ -585,7 +585,7 @@ class HiddenStateCheck:
     Emotions VADER gives no valence (surprised, alert...) are never flagged.
     """
 
-    threshold: float = 2.0
+    threshold: float = 3.0
     min_tokens: int = 2
     context: int = 6
     margin: float = 0.05

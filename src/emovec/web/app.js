@@ -2,7 +2,8 @@
 "use strict";
 
 const PALETTE = ["#d62728", "#9467bd", "#e6a100", "#1f77b4", "#2ca02c", "#17becf",
-  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#ff7f0e", "#393b79"];
+  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#ff7f0e", "#393b79", "#637939", "#843c39",
+  "#7b4173", "#3182bd"];
 const $ = (id) => document.getElementById(id);
 const state = { info: null, socket: null, busy: false, replies: {}, turn: null };
 
@@ -16,8 +17,9 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function colourOf(emotion, emotions) {
-  return PALETTE[Math.max(0, emotions.indexOf(emotion)) % PALETTE.length];
+function colourOf(emotion) {  // one colour per emotion of the vector file, everywhere
+  const all = state.info ? state.info.emotions : [];
+  return PALETTE[Math.max(0, all.indexOf(emotion)) % PALETTE.length];
 }
 
 function heat(z) {  // red above the baseline, blue below; full colour at |z| = 4
@@ -107,7 +109,7 @@ function startReply(label, emotions, steer) {
   const tokens = el("div", { class: "tokens" });
   const names = el("div", { class: "heatmap-names" });
   names.style.gridTemplateRows = `repeat(${emotions.length}, 10px)`;
-  for (const e of emotions) names.append(el("div", { text: e, style: `color:${colourOf(e, emotions)}` }));
+  for (const e of emotions) names.append(el("div", { text: e, style: `color:${colourOf(e)}` }));
   const grid = el("div", { class: "heatmap" });
   grid.style.gridTemplateRows = `repeat(${emotions.length}, 10px)`;
   const canvas = el("canvas", { class: "timeline", width: "600", height: "110" });
@@ -128,7 +130,7 @@ function addToken(reply, record) {
   z.forEach((v, i) => { if (v > z[top]) top = i; });
   const span = el("span", { class: "token", "data-index": String(record.index) });
   span.textContent = record.piece;
-  const base = colourOf(reply.emotions[top], reply.emotions);
+  const base = colourOf(reply.emotions[top]);
   const alpha = Math.max(0, Math.min(1, z[top] / 4));
   span.style.background = base + Math.round(alpha * 200).toString(16).padStart(2, "0");
   span.title = reply.emotions.map((e, i) => `${e} z ${z[i].toFixed(2)}`).join("\n");
@@ -154,7 +156,7 @@ function drawTimeline(reply) {
   g.beginPath(); g.moveTo(0, y(3)); g.lineTo(w, y(3)); g.stroke(); g.setLineDash([]);
   const n = Math.max(reply.z.length, 24), dx = w / n;
   reply.emotions.forEach((e, i) => {
-    g.strokeStyle = colourOf(e, reply.emotions); g.lineWidth = 1.5; g.beginPath();
+    g.strokeStyle = colourOf(e); g.lineWidth = 1.5; g.beginPath();
     reply.z.forEach((row, t) => { const px = t * dx + dx / 2; t ? g.lineTo(px, y(row[i])) : g.moveTo(px, y(row[i])); });
     g.stroke();
   });
@@ -246,7 +248,7 @@ async function init() {
   for (const e of info.emotions) {
     const box = el("input", { type: "checkbox", value: e });
     box.checked = info.watch.includes(e);
-    $("watch-list").append(el("label", { style: `color:${PALETTE[info.emotions.indexOf(e) % PALETTE.length]}` }, box, " " + e));
+    $("watch-list").append(el("label", { style: `color:${colourOf(e)}` }, box, " " + e));
   }
   for (const p of info.positions) $("steer-positions").append(el("option", { value: p, text: p }));
   addSteerRow(info.emotions.includes("calm") ? "calm" : info.emotions[0], 0);

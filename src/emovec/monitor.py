@@ -951,6 +951,7 @@ class LiveMonitor:
         on_token: Callable[[TokenEvent], None] | None = None,
         trace: str | Path | TraceWriter | None = None,
         cancel: threading.Event | None = None,
+        **generate_kwargs: Any,
     ) -> MonitoredReply | list[MonitoredReply]:
         """Generate replies while monitoring; one prompt gives one reply, a list gives a list.
 
@@ -1033,6 +1034,7 @@ class LiveMonitor:
                     stopping_criteria=StoppingCriteriaList([watch]),
                     return_dict_in_generate=True,
                     **sampling,
+                    **generate_kwargs,
                 )
                 self._score_last(out, inputs, rows, watch)
             replies = [self._finish(state, steering) for state in rows]

@@ -101,6 +101,7 @@ function newTurn(prompt, sideBySide) {
   const replies = el("div", { class: "replies" + (sideBySide ? " side-by-side" : "") });
   turn.append(replies);
   $("turns").append(turn);
+  $("turns").scrollTop = $("turns").scrollHeight;
   state.turn = replies;
   return replies;
 }
@@ -143,6 +144,7 @@ function addToken(reply, record) {
   });
   reply.z.push(z);
   drawTimeline(reply);
+  $("turns").scrollTop = $("turns").scrollHeight;  // follow the newest token
   for (const alert of record.fired || []) logAlert(alert, record.label || "");
 }
 

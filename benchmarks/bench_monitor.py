@@ -46,6 +46,52 @@ def random_vectors(lm, layer: int = 20) -> EmotionVectors:
     )
 
 
+def median_s(fn, calls: int) -> float:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
+    """Each piece the monitor adds, timed alone: hook, per-token work, last-token pass."""
+    from emovec.hooks import run_to_layer
+    from emovec.monitor import Monitor, TraceWriter, _Row, _RuleTracker, _Watch
+
+    hidden = torch.randn(1, 1, lm.d_model)
+    monitor = Monitor(lm, live.vectors, live.emotions, live.layer)
+
+    def hook() -> None:
+        monitor._hook(live.layer, hidden, 40)
+        monitor.chunks.clear()
+
+    column = {e: i for i, e in enumerate(live.emotions)}
+    writer = TraceWriter(Path(tmp) / "components.jsonl", live.meta())
+    ids = lm.encode(" The rain had stopped by the time we reached the station, and the")
+    raw = np.random.default_rng(0).normal(0, 0.05, len(live.emotions)).astype(np.float32)
+
+    def per_token() -> None:
+        trackers = [_RuleTracker(r, column[r.emotion], 0) for r in live.rules]
+        state = _Row(0, "p", trackers)
+        watch = _Watch(live, [state], 0, lambda e: writer.write(e.to_record()), None)
+        for token in ids:
+            live._accept(state, token, raw, watch)
+
+    one = torch.tensor([[ids[0]]])
+    with torch.no_grad():
+        full = median_s(lambda: lm.model(input_ids=one), 30)
+        partial = median_s(lambda: run_to_layer(lm.model, live.layer, input_ids=one), 30)
+    costs = {
+        "hook_us": median_s(hook, 2000) * 1e6,
+        "per_token_work_us": median_s(per_token, 50) / len(ids) * 1e6,
+        "last_token_pass_share_of_forward": partial / full,
+    }
+    writer.close()
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=12)
@@ -81,6 +127,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 assert len(reply.pieces) == n, "every generated token is scored"
 
+        components = component_costs(lm, monitors["6 emotions, 2 rules, trace"], tmp)
+
     plain = np.array(times["plain"])
     result = {
         "model": lm.name,
@@ -108,6 +156,17 @@ def main() -> None:
             f"{ratio_of_medians - 1:+.1%} (medians), {paired - 1:+.1%} (paired), "
             f"{ratio_of_mins - 1:+.1%} (minima)"
         )
+    step = float(np.median(plain)) / n
+    per_token = (components["hook_us"] + components["per_token_work_us"]) * 1e-6
+    predicted = (per_token * n + components["last_token_pass_share_of_forward"] * step) / (step * n)
+    result["components"] = {k: round(v, 4) for k, v in components.items()}
+    result["predicted_overhead_from_components"] = round(predicted, 4)
+    print(
+        f"components: hook {components['hook_us']:.1f} us/token, per-token work "
+        f"{components['per_token_work_us']:.1f} us/token, last-token pass "
+        f"{components['last_token_pass_share_of_forward']:.2f} of a forward; "
+        f"predicted overhead for {n} tokens: {predicted:+.2%}"
+    )
     spread = statistics.pstdev(times["plain"]) / statistics.mean(times["plain"])
     result["plain_relative_spread"] = round(spread, 4)
     print(f"run-to-run spread of plain generation: {spread:.1%}")

@@ -1074,8 +1074,12 @@ class LiveMonitor:
     def _score_last(self, out: Any, inputs: dict[str, torch.Tensor], rows, watch) -> None:
         """Score each row's final pick, which ``generate`` never fed back into the model."""
         sequences = out.sequences
-        open_rows = [s for s in rows if not s.done]
-        if sequences.shape[1] <= watch.width or not open_rows:
+        if sequences.shape[1] <= watch.width:
+            return
+        for state in rows:  # a final end-of-text pick needs no scores
+            if not state.done and int(sequences[state.row, -1]) in watch.eos:
+                state.done, state.stopped_by = True, "eos"
+        if all(state.done for state in rows):
             return
         cache = getattr(out, "cache", None)
         if cache is None:

@@ -158,3 +158,12 @@ def test_vector_file_for_another_model_is_refused(server, vectors, data_dir):
     assert httpx.get(server.url + "/api/info").json()["vectors"] == "(startup)"
     with ws_client.connect(socket_url(server)) as ws:
         assert ask(ws, {**GENERATE, "max_new_tokens": 2})[-1]["type"] == "done"
+
+
+def test_serve_command_reports_a_bad_vector_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from emovec.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "-v", str(tmp_path / "none.safetensors")])
+    assert result.exit_code == 2 and "vector file not found" in result.output

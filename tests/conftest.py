@@ -78,3 +78,21 @@ def tiny_llama(lm):
         vocab_size=len(lm.tokenizer),
     )
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="session")
+def baseline_file(lm, vectors, tmp_path_factory):
+    """A monitor baseline from 3 neutral dialogues (96 tokens each), stored once."""
+    from emovec.monitor import calibrate
+
+    path = tmp_path_factory.mktemp("baseline") / "baseline.json"
+    calibrate(lm, vectors, limit=3, max_tokens=96, cache=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def baseline(lm, vectors, baseline_file):
+    """The same baseline, read back through the cache (calibration does not run again)."""
+    from emovec.monitor import calibrate
+
+    return calibrate(lm, vectors, limit=3, max_tokens=96, cache=baseline_file)

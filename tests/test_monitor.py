@@ -1,9 +1,23 @@
 """Live monitoring: scores arrive per forward pass and equal a later reading of the text."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from emovec.monitor import Monitor, monitored_generate
+from emovec.monitor import (
+    AlertRule,
+    Baseline,
+    HiddenStateCheck,
+    LiveMonitor,
+    Monitor,
+    MonitorError,
+    _RuleTracker,
+    calibrate,
+    hidden_spans,
+    monitored_generate,
+    read_trace,
+)
 from emovec.reading import read
 from emovec.vectors import VectorFileError
 
@@ -35,3 +49,172 @@ def test_monitor_restricted_emotions_and_hooks_removed(lm, vectors):
     assert [dict(layer._forward_hooks) for layer in lm.layers] == before
     with pytest.raises(VectorFileError, match="layer 77"):
         Monitor(lm, vectors, layer=77)
+
+
+# --- live monitor: calibration, alerts, actions, hidden-state flag, traces -------------------
+
+#: Measured with the session test vectors and this calibration (3 neutral dialogues, 96 tokens
+#: each): the fear prompt's reply starts at afraid z 3.3-4.2, the neutral one stays below 1.8.
+FEAR_PROMPT = "Write one sentence about being terrified in a dark alley at night."
+NEUTRAL_PROMPT = "List three facts about the boiling point of water."
+FEAR_RULE = AlertRule("afraid", "level", threshold=3.0)
+
+
+@pytest.fixture(scope="module")
+def fear_and_neutral(lm, vectors, baseline, tmp_path_factory):
+    """One batched, traced generation of a fear prompt and a neutral one."""
+    live = LiveMonitor(
+        lm,
+        vectors,
+        emotions=["afraid", "calm"],
+        baseline=baseline,
+        rules=[FEAR_RULE],
+        hidden=HiddenStateCheck(threshold=2.5),
+    )
+    events = []
+    trace = tmp_path_factory.mktemp("trace") / "trace.jsonl"
+    replies = live.generate(
+        [FEAR_PROMPT, NEUTRAL_PROMPT], max_new_tokens=6, on_token=events.append, trace=trace
+    )
+    return live, replies, events, trace
+
+
+def test_baseline_is_cached_stored_and_checked(lm, vectors, baseline, baseline_file):
+    again = Baseline.load(baseline_file)
+    np.testing.assert_array_equal(again.mean, baseline.mean)
+    assert again.source.startswith("neutral dialogues") and again.n_tokens > 100
+    assert np.all(baseline.std > 0)
+    again.check(vectors, vectors.default_layer)
+    with pytest.raises(MonitorError, match="other vectors or layer"):
+        again.check(vectors, vectors.default_layer - 1)
+    own = calibrate(lm, vectors, texts=["The train leaves at noon from platform two."], cache=False)
+    assert own.source.startswith("user texts") and not np.allclose(own.mean, baseline.mean)
+    with pytest.raises(MonitorError, match="not an emovec baseline"):
+        Baseline.load(Path(__file__))
+
+
+def test_live_scores_equal_reading_for_every_row(lm, vectors, fear_and_neutral):
+    live, replies, events, _ = fear_and_neutral
+    for reply in replies:
+        assert len(reply.token_ids) == 6 and reply.stopped_by == "length"
+        ids = lm.encode(lm.format_chat([{"role": "user", "content": reply.prompt}]))
+        text = lm.tokenizer.decode(ids + reply.token_ids)
+        assert lm.encode(text) == ids + reply.token_ids
+        reading = read(lm, vectors, text, emotions=live.emotions)
+        np.testing.assert_allclose(reply.raw, reading.scores[len(ids) :], atol=2e-4)
+        np.testing.assert_allclose(reply.z, live.z(reply.raw), rtol=1e-6)
+    # events arrive token by token, in order within each row
+    for row in (0, 1):
+        got = [e for e in events if e.row == row]
+        assert [e.index for e in got] == list(range(6))
+        assert "".join(e.piece for e in got) == replies[row].text
+
+
+def test_alert_fires_on_fear_prompt_but_not_on_neutral(fear_and_neutral):
+    _, (fear, neutral), events, _ = fear_and_neutral
+    assert fear.alerts, f"afraid z peaked at {fear.z[:, 0].max():.2f} only"
+    alert = fear.alerts[0]
+    assert alert.rule == FEAR_RULE and 0 <= alert.start <= alert.end < 6
+    assert np.all(fear.z[alert.start : alert.end + 1, 0] >= 3.0) and alert.peak_z >= 3.0
+    assert not neutral.alerts, f"neutral afraid z reached {neutral.z[:, 0].max():.2f}"
+    fired = [e for e in events if e.fired]
+    assert fired[0].row == 0 and fired[0].index == alert.fired_at
+
+
+def test_trace_round_trip(fear_and_neutral):
+    live, replies, _, trace = fear_and_neutral
+    loaded = read_trace(trace)
+    assert loaded.meta["emotions"] == live.emotions and loaded.meta["layer"] == live.layer
+    for reply in replies:
+        records = loaded.row(reply.row)
+        assert [r["piece"] for r in records] == reply.pieces
+        assert [r["index"] for r in records] == list(range(len(reply.pieces)))
+        z = np.array([[r["z"][e] for e in live.emotions] for r in records])
+        np.testing.assert_allclose(z, reply.z, atol=1e-3)
+        raw = np.array([[r["raw"][e] for e in live.emotions] for r in records])
+        np.testing.assert_allclose(raw, reply.raw, atol=1e-5)
+        summary = loaded.replies[reply.row]
+        assert summary["text"] == reply.text
+        assert summary["alerts"] == [a.to_dict() for a in reply.alerts]
+    assert records[0]["position"] > 10  # absolute: after the prompt's tokens
+    bad = trace.with_name("bad.jsonl")
+    bad.write_text(trace.read_text().splitlines()[0] + "\n{not json\n")
+    with pytest.raises(MonitorError, match="line 2"):
+        read_trace(bad)
+
+
+def test_hidden_state_flag_on_real_reply_and_by_text(fear_and_neutral):
+    _, (fear, _), _, _ = fear_and_neutral
+    # the reply's words stay plain while afraid runs high inside: flagged
+    flagged = [h for h in fear.hidden if h.emotion == "afraid"]
+    assert flagged and flagged[0].emotion_valence < 0 and flagged[0].text_sentiment > -0.05
+    z = np.full((4, 1), 3.0)
+    plain = ["The", " door", " was", " open"]
+    scared = ["I", " was", " terrified", " and screaming"]
+    assert hidden_spans(plain, z, ["afraid"]) and not hidden_spans(scared, z, ["afraid"])
+    assert not hidden_spans(plain, z - 2.5, ["afraid"])  # not high inside: nothing to flag
+
+
+def test_stop_action_ends_the_reply_at_the_firing_token(lm, vectors, baseline):
+    rule = AlertRule("afraid", "level", threshold=3.0, action="stop")
+    live = LiveMonitor(lm, vectors, emotions=["afraid"], baseline=baseline, rules=[rule])
+    reply = live.generate(FEAR_PROMPT, max_new_tokens=8)
+    assert reply.stopped_by == "alert"
+    assert len(reply.pieces) == reply.alerts[0].fired_at + 1 < 8
+
+
+def test_counter_steer_action_changes_the_continuation(lm, vectors, baseline, fear_and_neutral):
+    _, (fear, _), _, _ = fear_and_neutral
+    rule = AlertRule("afraid", threshold=3.0, action="steer", steer={"calm": 0.6})
+    live = LiveMonitor(lm, vectors, emotions=["afraid", "calm"], baseline=baseline, rules=[rule])
+    steered = live.generate(FEAR_PROMPT, max_new_tokens=6)
+    fired = steered.alerts[0].fired_at
+    assert steered.token_ids[: fired + 1] == fear.token_ids[: fired + 1]  # same until it fires
+    assert steered.token_ids != fear.token_ids
+    assert steered.z[fired + 1 :, 1].mean() > fear.z[fired + 1 :, 1].mean() + 0.5  # calmer
+
+
+def test_stream_yields_tokens_then_reply_and_cancels_when_left(lm, vectors, baseline):
+    live = LiveMonitor(lm, vectors, emotions=["calm"], baseline=baseline)
+    items = list(live.stream(NEUTRAL_PROMPT, max_new_tokens=3))
+    assert [type(i).__name__ for i in items] == ["TokenEvent"] * 3 + ["MonitoredReply"]
+    stream = live.stream(NEUTRAL_PROMPT, max_new_tokens=40)
+    first = next(stream)
+    stream.close()  # leaving early cancels the worker
+    assert first.index == 0 and live.lm.model is lm.model
+
+
+def test_rule_kinds_on_known_sequences():
+    def run(rule, values):
+        tracker = _RuleTracker(rule, 0, 0)
+        return [a for a in (tracker.update(v) for v in values) if a is not None], tracker
+
+    fired, tracker = run(AlertRule("sad", "level", 2.0), [0, 2.5, 3, 1, 2.2])
+    assert [(a.start, a.end) for a in fired] == [(1, 2), (4, 4)]
+    fired, _ = run(AlertRule("sad", "rise", 2.0, window=4), [0, 0.1, 0.2, 0.3, 1, 2, 3])
+    assert len(fired) == 1 and fired[0].fired_at == 6 and fired[0].start == 3  # rise 2.7
+    fired, _ = run(AlertRule("sad", "spike", 2.0, window=3), [0, 0.2, 0.1, 2.6, 0.3, 0.4])
+    assert [(a.start, a.end) for a in fired] == [(3, 3)]
+    rule = AlertRule.parse("angry:spike:2.5:steer=calm+0.4,happy-0.1")
+    assert rule.kind == "spike" and dict(rule.steer) == {"calm": 0.4, "happy": -0.1}
+    assert AlertRule.from_dict(rule.to_dict()) == rule
+    for bad in ["", "sad:wave", "sad:level:x", "sad:level:2:explode"]:
+        with pytest.raises(MonitorError):
+            AlertRule.parse(bad)
+
+
+def test_monitor_command_writes_a_trace_and_reports_alerts(vectors_file, baseline_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from emovec.cli import app
+
+    trace = tmp_path / "cli-trace.jsonl"
+    args = ["monitor", "-v", str(vectors_file), FEAR_PROMPT, "-e", "afraid", "-e", "calm"]
+    args += ["-a", "afraid:level:3:stop", "--baseline", str(baseline_file), "--trace", str(trace)]
+    result = CliRunner().invoke(app, [*args, "--max-new-tokens", "4", "--no-live"])
+    assert result.exit_code == 0, result.output
+    assert "ALERT afraid level 3" in result.output and "stopped by alert" in result.output
+    loaded = read_trace(trace)
+    assert loaded.meta["emotions"] == ["afraid", "calm"] and loaded.replies[0]["alerts"]
+    bad = CliRunner().invoke(app, [*args[:4], "-a", "afraid:wave"])
+    assert bad.exit_code == 2 and "alert kind must be one of" in bad.output

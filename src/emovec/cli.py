@@ -32,6 +32,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.experiments.common import ExperimentError
     from emovec.hooks import UnsupportedModelError
     from emovec.models import ModelError
+    from emovec.monitor import MonitorError
     from emovec.vectors import VectorFileError
 
     return (
@@ -41,6 +42,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
         CorpusError,
         UnsupportedModelError,
         ExperimentError,
+        MonitorError,
         ValueError,
         IndexError,
         ImportError,
@@ -564,3 +566,194 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- live monitor and dashboard ------------------------------------------------------------
+
+#: Emotions watched when none are named: the study's early-warning set, where the file has them.
+WATCH_DEFAULT = ["desperate", "afraid", "angry", "sad", "calm", "happy"]
+#: One colour per watched emotion, in order (the token stream is tinted by the top one).
+PALETTE = ["red", "magenta", "yellow", "blue", "green", "cyan", "bright_red", "bright_blue"]
+
+
+def _watched(vecs, emotion: list[str] | None) -> list[str]:
+    if emotion:
+        return [vecs.resolve(e) for e in emotion]
+    chosen = [e for e in WATCH_DEFAULT if e in vecs.emotions]
+    return chosen or vecs.emotions[:6]
+
+
+def _baseline(lm, vecs, layer, baseline, calibrate_texts, calibrate_limit):
+    from emovec.monitor import Baseline, calibrate
+
+    if baseline is not None and baseline.exists() and calibrate_texts is None:
+        found = Baseline.load(baseline)
+        found.check(vecs, vecs.default_layer if layer is None else layer)
+        return found
+    texts = None
+    if calibrate_texts is not None:
+        try:
+            raw = calibrate_texts.read_text("utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read {calibrate_texts}: {exc.strerror}") from exc
+        texts = [line for line in raw.split("\n\n") if line.strip()]
+    with err.status("calibrating (once; cached)..."):
+        found = calibrate(lm, vecs, texts=texts, layer=layer, limit=calibrate_limit)
+    if baseline is not None:
+        found.save(baseline)
+    return found
+
+
+def _live_view(events, emotions: list[str], alerts: list[str]):
+    """The terminal view: the token stream tinted by each token's top emotion, a z table."""
+    from rich.console import Group
+    from rich.text import Text
+
+    colour = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(emotions)}
+    stream = Text()
+    for event in events:
+        name, z = event.top
+        style = f"bold {colour[name]}" if z >= 2 else colour[name] if z >= 1 else ""
+        stream.append(event.piece, style=style)
+    table = Table("emotion", "z now", "z peak", "raw now", title="z vs calibration baseline")
+    if events:
+        last = events[-1]
+        peaks = {e: max(float(ev.z[i]) for ev in events) for i, e in enumerate(emotions)}
+        for i, e in enumerate(emotions):
+            table.add_row(
+                f"[{colour[e]}]{e}[/]",
+                f"{last.z[i]:+.2f}",
+                f"{peaks[e]:+.2f}",
+                f"{last.raw[i]:+.3f}",
+            )
+    fired = Text("\n".join(alerts) or "no alerts", style="bold red" if alerts else "dim")
+    legend = Text("  ".join(f"{e}" for e in emotions))
+    for i, e in enumerate(emotions):
+        start = sum(len(x) + 2 for x in emotions[:i])
+        legend.stylize(colour[e], start, start + len(e))
+    return Group(Text("colour = top emotion (bold: z>=2)  ") + legend, stream, table, fired)
+
+
+@command
+def monitor(
+    vectors: VectorsOpt,
+    prompt: Annotated[str, typer.Argument(help="User message (or plain text with --no-chat).")],
+    model: ModelOpt = None,
+    emotion: Annotated[
+        list[str] | None, typer.Option("--emotion", "-e", help="Emotions to watch; repeatable.")
+    ] = None,
+    alert: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--alert",
+            "-a",
+            help="EMOTION[:level|rise|spike[:Z[:stop|steer=calm+0.3]]]; repeatable.",
+        ),
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="Layer (default: the file's).")] = None,
+    trace: Annotated[Path, typer.Option(help="JSONL trace to write.")] = Path("emovec-trace.jsonl"),
+    baseline: Annotated[
+        Path | None, typer.Option(help="Baseline JSON: used if it exists, else written.")
+    ] = None,
+    calibrate_texts: Annotated[
+        Path | None,
+        typer.Option(help="Calibrate on your own texts (blank-line separated) instead."),
+    ] = None,
+    calibrate_limit: Annotated[int, typer.Option(help="Neutral dialogues to calibrate on.")] = 64,
+    steer_with: Annotated[
+        str | None, typer.Option("--steer", help="Steer the reply, e.g. calm+0.3,happy-0.2.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 60,
+    chat: Annotated[bool, typer.Option(help="Format as a chat turn.")] = True,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    live: Annotated[bool, typer.Option(help="Live terminal view (off: print at the end).")] = True,
+) -> None:
+    """Generate while watching emotions live: z-scores, alerts, hidden states, a JSONL trace."""
+    from rich.live import Live
+
+    from emovec.monitor import AlertRule, LiveMonitor, _parse_strengths
+    from emovec.vectors import EmotionVectors
+
+    if not prompt.strip():
+        raise ValueError("empty prompt: give some text to continue")
+    rules = [AlertRule.parse(a) for a in alert or []]
+    steering = _parse_strengths(steer_with) if steer_with else None
+    vecs = EmotionVectors.load(vectors)
+    watched = _watched(vecs, emotion)
+    if layer is not None:
+        vecs.layer_index(layer)
+    lm = _load(model, vecs)
+    base = _baseline(lm, vecs, layer, baseline, calibrate_texts, calibrate_limit)
+    watcher = LiveMonitor(lm, vecs, emotions=watched, layer=layer, baseline=base, rules=rules)
+    events, fired = [], []
+
+    def on_token(event) -> None:
+        events.append(event)
+        fired.extend(
+            f"ALERT {a.rule.name} at token {a.fired_at}" + (f" -> {a.action}" if a.action else "")
+            for a in event.fired
+        )
+        if view is not None:
+            view.update(_live_view(events, watcher.emotions, fired))
+
+    kwargs = dict(max_new_tokens=max_new_tokens, chat=chat, temperature=temperature, seed=seed)
+    view = None
+    if live:
+        with Live(
+            _live_view(events, watcher.emotions, fired), console=out, refresh_per_second=8
+        ) as view:
+            reply = watcher.generate(
+                prompt, steering=steering, on_token=on_token, trace=trace, **kwargs
+            )
+    else:
+        reply = watcher.generate(
+            prompt, steering=steering, on_token=on_token, trace=trace, **kwargs
+        )
+        out.print(_live_view(events, watcher.emotions, fired))
+    for span in reply.hidden:
+        out.print(
+            f"[yellow]hidden state:[/] {span.emotion} z up to {span.peak_z:+.1f} at tokens "
+            f"{span.start}-{span.end}, but the text reads {span.text_sentiment:+.2f} "
+            f"({escape(span.text.strip()[:60])!r})"
+        )
+    out.print(
+        f"{len(reply.pieces)} tokens, stopped by {reply.stopped_by}; "
+        f"{len(reply.alerts)} alert(s); trace: {trace}"
+    )
+
+
+@command
+def serve(
+    vectors: VectorsOpt,
+    model: ModelOpt = None,
+    data: Annotated[
+        Path, typer.Option(help="Data folder: traces are written and read only here.")
+    ] = Path("emovec-data"),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8765,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Baseline JSON: used if it exists, else written.")
+    ] = None,
+    calibrate_limit: Annotated[int, typer.Option(help="Neutral dialogues to calibrate on.")] = 64,
+) -> None:
+    """Web dashboard: chat with the model, live heatmaps and timelines, steering, alerts."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "emovec serve needs fastapi and uvicorn: pip install 'emovec[serve]'"
+        ) from exc
+    from emovec.server import serve as run_server
+    from emovec.vectors import EmotionVectors
+
+    vecs = EmotionVectors.load(vectors)
+    lm = _load(model, vecs)
+    base = _baseline(lm, vecs, None, baseline, None, calibrate_limit)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(
+            f"[yellow]warning:[/] listening on {host}: anyone who can reach it can use the model"
+        )
+    out.print(f"emovec dashboard on http://{host}:{port}  (data folder: {data.resolve()})")
+    run_server(lm, vecs, data_dir=data, host=host, port=port, baseline=base)

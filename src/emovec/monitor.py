@@ -9,14 +9,27 @@ live trace and a later reading of the finished text agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import hashlib
+import inspect
+import json
+import math
+import os
+import queue
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from emovec.hooks import residual_hooks
+from emovec import __version__
+from emovec.hooks import backbone, residual_hooks
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
@@ -106,3 +119,1064 @@ def monitored_generate(
             pad_token_id=lm.tokenizer.pad_token_id,
         )
     return out[0].tolist(), monitor.scores()[0], monitor
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration: z-scores that mean the same for every emotion and model
+# --------------------------------------------------------------------------------------------
+
+
+class MonitorError(ValueError):
+    """A monitor setting, baseline or trace that cannot be used; the message says the fix."""
+
+
+def _vectors_key(vectors: EmotionVectors, layer: int, center: bool) -> str:
+    """A short hash of what a baseline depends on: the directions and centring at one layer."""
+    row = vectors.layer_index(layer)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([vectors.model.get("fingerprint"), layer, center]).encode())
+    digest.update(vectors.vectors[row].float().numpy().tobytes())
+    digest.update(vectors.mean_activation[row].float().numpy().tobytes())
+    digest.update("\n".join(vectors.emotions).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Baseline:
+    """Per-emotion mean and standard deviation of monitor scores over calibration tokens.
+
+    ``z = (score - mean) / std``: a z of 3 is equally unusual for every emotion and model, so
+    one alert threshold can serve them all.
+    """
+
+    emotions: list[str]
+    layer: int
+    mean: np.ndarray
+    std: np.ndarray
+    source: str
+    n_tokens: int
+    key: str
+    center: bool = True
+
+    def select(self, emotions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the named emotions, in that order."""
+        missing = [e for e in emotions if e not in self.emotions]
+        if missing:
+            raise MonitorError(
+                f"the baseline has no {', '.join(missing)}; calibrate again with these emotions"
+            )
+        index = [self.emotions.index(e) for e in emotions]
+        return self.mean[index], self.std[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": BASELINE_FORMAT,
+            "emotions": self.emotions,
+            "layer": self.layer,
+            "mean": [float(x) for x in self.mean],
+            "std": [float(x) for x in self.std],
+            "source": self.source,
+            "n_tokens": self.n_tokens,
+            "key": self.key,
+            "center": self.center,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON atomically."""
+        path = Path(path)
+        _atomic_write(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Baseline:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text("utf-8"))
+            if data.get("format") != BASELINE_FORMAT:
+                raise KeyError("format")
+            return cls(
+                emotions=list(data["emotions"]),
+                layer=int(data["layer"]),
+                mean=np.asarray(data["mean"], dtype=np.float32),
+                std=np.asarray(data["std"], dtype=np.float32),
+                source=str(data["source"]),
+                n_tokens=int(data["n_tokens"]),
+                key=str(data["key"]),
+                center=bool(data.get("center", True)),
+            )
+        except FileNotFoundError:
+            raise MonitorError(f"baseline file not found: {path}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MonitorError(
+                f"{path} is not an emovec baseline ({type(exc).__name__}); "
+                "write one with `emovec monitor --calibrate-out FILE` or Baseline.save"
+            ) from None
+
+    def check(self, vectors: EmotionVectors, layer: int, center: bool = True) -> None:
+        """Refuse a baseline measured with other vectors, another layer or other centring."""
+        if self.key != _vectors_key(vectors, layer, center):
+            raise MonitorError(
+                f"this baseline was measured with other vectors or layer (its layer {self.layer}); "
+                "calibrate again for these vectors"
+            )
+
+
+BASELINE_FORMAT = "emovec.baseline/1"
+#: Calibration tokens skipped at the start of each text: the first positions of a sequence
+#: carry huge, content-free activations that would widen every emotion's spread.
+SKIP_FIRST = 4
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def neutral_calibration_texts(lm: LanguageModel, limit: int = 64) -> list[str]:
+    """The bundled neutral dialogues, rendered in the model's own chat format when it has one."""
+    from emovec.corpus import load_corpus
+
+    dialogues = load_corpus("curated").neutral[:limit]
+    if lm.has_chat_template:
+        return [lm.format_chat(d["turns"], add_generation_prompt=False) for d in dialogues]
+    from emovec.corpus import render_dialogue
+
+    return [render_dialogue(d) for d in dialogues]
+
+
+def calibrate(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    texts: Sequence[str] | None = None,
+    layer: int | None = None,
+    center: bool = True,
+    limit: int = 64,
+    max_tokens: int = 256,
+    batch_size: int = 8,
+    cache: bool | str | Path = True,
+) -> Baseline:
+    """Measure each emotion's score mean and spread over calibration tokens, once.
+
+    ``texts`` defaults to the first ``limit`` neutral dialogues (so z = "how unusual compared
+    with an ordinary assistant conversation"); pass your own traffic instead to calibrate on
+    it. Each text is cut to ``max_tokens``. With ``cache=True`` the result is kept under
+    ``$EMOVEC_CACHE/baselines`` keyed by vectors, layer and texts, and reused; a path caches
+    there instead; ``False`` always recomputes.
+    """
+    from emovec.extraction import right_padded
+    from emovec.hooks import run_to_layer
+    from emovec.models import cache_dir
+
+    vectors.check_model(lm)
+    layer = vectors.default_layer if layer is None else layer
+    key = _vectors_key(vectors, layer, center)
+    source = "neutral dialogues" if texts is None else "user texts"
+    texts = list(neutral_calibration_texts(lm, limit) if texts is None else texts)
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise MonitorError("no calibration text: give at least one non-empty text")
+    digest = hashlib.sha256(json.dumps([key, max_tokens, texts]).encode()).hexdigest()[:16]
+    if cache is True:
+        cache_path: Path | None = cache_dir() / "baselines" / f"{digest}.json"
+    else:
+        cache_path = Path(cache) if cache else None
+    if cache_path is not None and cache_path.is_file():
+        try:
+            cached = Baseline.load(cache_path)
+            cached.check(vectors, layer, center)
+            return cached
+        except MonitorError:
+            pass  # stale or damaged: measure again and overwrite
+    monitor = Monitor(lm, vectors, layer=layer, center=center)
+    rows = [lm.encode(t)[:max_tokens] for t in texts]
+    total = np.zeros(len(monitor.emotions), dtype=np.float64)
+    square = np.zeros_like(total)
+    count = 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        ids, attention = right_padded(batch, lm.tokenizer.pad_token_id)
+        monitor.chunks.clear()
+        with monitor.watching():
+            run_to_layer(
+                lm.model, layer, input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device)
+            )
+        scores = monitor.scores().astype(np.float64)
+        keep = attention.numpy().astype(bool)
+        keep[:, :SKIP_FIRST] = False
+        chosen = scores[keep]
+        total += chosen.sum(axis=0)
+        square += (chosen**2).sum(axis=0)
+        count += len(chosen)
+    if count < 2:
+        raise MonitorError("calibration texts are too short: give texts of a few sentences")
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 1e-12))
+    baseline = Baseline(
+        emotions=list(monitor.emotions),
+        layer=layer,
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+        source=f"{source} ({len(texts)} texts)",
+        n_tokens=count,
+        key=key,
+        center=center,
+    )
+    if cache_path is not None:
+        baseline.save(cache_path)
+    return baseline
+
+
+# --------------------------------------------------------------------------------------------
+# Alert rules
+# --------------------------------------------------------------------------------------------
+
+RULE_KINDS = ("level", "rise", "spike")
+ACTIONS = ("stop", "steer")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """When one emotion's z-score calls for attention, and what to do then.
+
+    - ``level``: z at or above ``threshold``;
+    - ``rise``: z climbed by at least ``threshold`` over the last ``window`` tokens (the rise
+      of a least-squares line through them, so one outlier does not make a trend);
+    - ``spike``: z jumped at least ``threshold`` above the mean of the ``window`` tokens before.
+
+    ``action`` is ``None`` (record only), ``"stop"`` (end this reply at the firing token) or
+    ``"steer"`` (add ``steer`` strengths, e.g. ``{"calm": 0.3}``, to every later token).
+    """
+
+    emotion: str
+    kind: str = "level"
+    threshold: float = 3.0
+    window: int = 6
+    action: str | None = None
+    steer: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steer, Mapping):
+            object.__setattr__(self, "steer", tuple(self.steer.items()))
+        if self.kind not in RULE_KINDS:
+            raise MonitorError(
+                f"alert kind must be one of {', '.join(RULE_KINDS)}, not {self.kind!r}"
+            )
+        if self.action is not None and self.action not in ACTIONS:
+            raise MonitorError(f"alert action must be stop, steer or none, not {self.action!r}")
+        if not 2 <= self.window <= 256:
+            raise MonitorError(f"alert window must be 2..256 tokens, not {self.window}")
+        if not math.isfinite(self.threshold):
+            raise MonitorError("alert threshold must be a finite number")
+        if self.action == "steer" and not self.steer:
+            raise MonitorError("a steer action needs strengths, e.g. calm+0.3")
+
+    @property
+    def name(self) -> str:
+        return f"{self.emotion} {self.kind} {self.threshold:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> AlertRule:
+        """``EMOTION[:KIND[:THRESHOLD[:ACTION]]]``; ACTION is ``stop`` or ``steer=calm+0.3``.
+
+        Examples: ``desperate``, ``afraid:level:2.5:stop``, ``angry:spike:2:steer=calm+0.4``.
+        """
+        parts = [p.strip() for p in text.split(":")]
+        if not parts[0] or len(parts) > 4:
+            raise MonitorError(
+                f"alert rule {text!r} should look like EMOTION[:KIND[:THRESHOLD[:ACTION]]], "
+                "e.g. afraid:level:2.5:stop"
+            )
+        kwargs: dict[str, Any] = {"emotion": parts[0]}
+        if len(parts) > 1 and parts[1]:
+            kwargs["kind"] = parts[1]
+        if len(parts) > 2 and parts[2]:
+            try:
+                kwargs["threshold"] = float(parts[2])
+            except ValueError:
+                raise MonitorError(f"alert threshold must be a number, got {parts[2]!r}") from None
+        if len(parts) > 3 and parts[3] and parts[3] != "none":
+            action = parts[3]
+            if action.startswith("steer="):
+                kwargs["action"] = "steer"
+                kwargs["steer"] = tuple(_parse_strengths(action.split("=", 1)[1]).items())
+            else:
+                kwargs["action"] = action
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "emotion": self.emotion,
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "window": self.window,
+            "action": self.action,
+            "steer": dict(self.steer),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlertRule:
+        try:
+            return cls(
+                emotion=str(data["emotion"]),
+                kind=str(data.get("kind", "level")),
+                threshold=float(data.get("threshold", 3.0)),
+                window=int(data.get("window", 6)),
+                action=data.get("action") or None,
+                steer=tuple((str(k), float(v)) for k, v in dict(data.get("steer") or {}).items()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, MonitorError):
+                raise
+            raise MonitorError(f"bad alert rule {dict(data)!r}: {exc}") from None
+
+
+def _parse_strengths(text: str) -> dict[str, float]:
+    """``calm+0.3,happy-0.2`` -> {"calm": 0.3, "happy": -0.2}."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([A-Za-z][A-Za-z \-]*?)\s*([+-]\s*[0-9.]+)\s*", part)
+        if not match:
+            raise MonitorError(f"strength {part!r} should look like calm+0.3")
+        out[match.group(1)] = float(match.group(2).replace(" ", ""))
+    return out
+
+
+@dataclass
+class Alert:
+    """One firing of a rule, over the reply tokens ``start``..``end`` (inclusive)."""
+
+    rule: AlertRule
+    row: int
+    start: int
+    end: int
+    fired_at: int
+    peak_z: float
+    action: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.name,
+            "emotion": self.rule.emotion,
+            "kind": self.rule.kind,
+            "threshold": self.rule.threshold,
+            "row": self.row,
+            "start": self.start,
+            "end": self.end,
+            "fired_at": self.fired_at,
+            "peak_z": round(self.peak_z, 4),
+            "action": self.action,
+        }
+
+
+class _RuleTracker:
+    """Evaluates one rule on one reply's z-scores as tokens arrive."""
+
+    def __init__(self, rule: AlertRule, column: int, row: int) -> None:
+        self.rule, self.column, self.row = rule, column, row
+        self.history: list[float] = []
+        self.open: Alert | None = None
+        n = rule.window
+        x = np.arange(n, dtype=np.float64)
+        self._slope = (x - x.mean()) / ((x - x.mean()) ** 2).sum()  # least-squares slope weights
+
+    def _holds(self) -> tuple[bool, int]:
+        """(condition met at the newest token, first token of the evidence)."""
+        z, t, rule = self.history, len(self.history) - 1, self.rule
+        if rule.kind == "level":
+            return z[t] >= rule.threshold, t
+        n = rule.window
+        if rule.kind == "rise":
+            if t + 1 < n:
+                return False, t
+            rise = float(self._slope @ np.asarray(z[t - n + 1 :])) * (n - 1)
+            return rise >= rule.threshold, t - n + 1
+        before = z[max(0, t - n) : t]
+        if len(before) < 2:
+            return False, t
+        return z[t] - float(np.mean(before)) >= rule.threshold, t
+
+    def update(self, z_value: float) -> Alert | None:
+        """Feed the newest token's z; returns a new firing, or None (open spans extend)."""
+        self.history.append(float(z_value))
+        t = len(self.history) - 1
+        holds, start = self._holds()
+        if self.open is not None:
+            if holds:
+                self.open.end = t
+                self.open.peak_z = max(self.open.peak_z, float(z_value))
+                return None
+            self.open = None
+        if not holds:
+            return None
+        peak = max(self.history[start : t + 1])
+        self.open = Alert(self.rule, self.row, start, t, t, peak, self.rule.action)
+        return self.open
+
+
+# --------------------------------------------------------------------------------------------
+# Hidden-state flag: high inside, absent from the visible text
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _vader() -> Any:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the hidden-state flag needs vaderSentiment: pip install vaderSentiment"
+        ) from exc
+    return SentimentIntensityAnalyzer()
+
+
+#: Sign of each of the study's ten emotion families, for words VADER's lexicon lacks
+#: ("afraid", "terrified" ...): the families split cleanly by valence.
+FAMILY_VALENCE = {
+    "Exuberant Joy": 1.0,
+    "Peaceful Contentment": 1.0,
+    "Compassionate Gratitude": 1.0,
+    "Competitive Pride": 1.0,
+    "Playful Amusement": 1.0,
+    "Depleted Disengagement": -1.0,
+    "Vigilant Suspicion": -1.0,
+    "Hostile Anger": -1.0,
+    "Fear and Overwhelm": -1.0,
+    "Despair and Shame": -1.0,
+}
+
+
+def emotion_valence(emotion: str) -> float:
+    """Valence of an emotion concept (-1..1), judged without the model.
+
+    VADER's score of the word itself; for words VADER does not know, half the sign of the
+    emotion's family in the study's clustering; 0 when neither has an opinion.
+    """
+    value = float(_vader().polarity_scores(emotion)["compound"])
+    if abs(value) >= 0.05:
+        return value
+    try:
+        from emovec.catalog import family_of
+
+        return 0.5 * FAMILY_VALENCE.get(family_of(emotion), 0.0)
+    except ValueError:
+        return 0.0
+
+
+def text_sentiment(text: str) -> float:
+    """VADER compound sentiment of visible text (-1..1)."""
+    return float(_vader().polarity_scores(text)["compound"])
+
+
+@dataclass(frozen=True)
+class HiddenStateCheck:
+    """Settings of the hidden-state flag.
+
+    A span of at least ``min_tokens`` reply tokens whose z for an emotion stays at or above
+    ``threshold`` is flagged when the visible text around it (the span plus ``context`` tokens
+    either side) does not carry that emotion's valence by at least ``margin`` of VADER's
+    compound score: e.g. high internal *desperate* while the words read neutral or upbeat.
+    Emotions VADER gives no valence (surprised, alert...) are never flagged.
+    """
+
+    threshold: float = 3.0
+    min_tokens: int = 2
+    context: int = 6
+    margin: float = 0.05
+
+
+@dataclass
+class HiddenSpan:
+    """A span where an emotion is high inside the model but not visible in the text."""
+
+    row: int
+    emotion: str
+    start: int
+    end: int
+    peak_z: float
+    text: str
+    text_sentiment: float
+    emotion_valence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("peak_z", "text_sentiment", "emotion_valence"):
+            data[key] = round(float(data[key]), 4)
+        return data
+
+
+def hidden_spans(
+    pieces: Sequence[str],
+    z: np.ndarray,
+    emotions: Sequence[str],
+    check: HiddenStateCheck = HiddenStateCheck(),  # noqa: B008 - frozen, shared safely
+    row: int = 0,
+) -> list[HiddenSpan]:
+    """Spans of one reply where an emotion runs high in the residual stream but not in the text."""
+    found: list[HiddenSpan] = []
+    for column, emotion in enumerate(emotions):
+        valence = emotion_valence(emotion)
+        if abs(valence) < check.margin:
+            continue
+        high = z[:, column] >= check.threshold
+        t = 0
+        while t < len(high):
+            if not high[t]:
+                t += 1
+                continue
+            end = t
+            while end + 1 < len(high) and high[end + 1]:
+                end += 1
+            if end - t + 1 >= check.min_tokens:
+                lo, hi = max(0, t - check.context), min(len(pieces), end + 1 + check.context)
+                visible = "".join(pieces[lo:hi])
+                sentiment = text_sentiment(visible)
+                if sentiment * math.copysign(1.0, valence) < check.margin:
+                    peak = float(z[t : end + 1, column].max())
+                    found.append(
+                        HiddenSpan(row, emotion, t, end, peak, visible, sentiment, valence)
+                    )
+            t = end + 1
+    return sorted(found, key=lambda s: (s.start, s.emotion))
+
+
+# --------------------------------------------------------------------------------------------
+# Live monitoring of generation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenEvent:
+    """One reply token, delivered as soon as its scores exist."""
+
+    row: int
+    index: int
+    position: int
+    token_id: int
+    piece: str
+    raw: np.ndarray
+    z: np.ndarray
+    emotions: list[str]
+    fired: list[Alert] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
+
+    @property
+    def top(self) -> tuple[str, float]:
+        """The emotion with the highest z at this token."""
+        i = int(np.argmax(self.z))
+        return self.emotions[i], float(self.z[i])
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSONL trace record of this token."""
+        return {
+            "type": "token",
+            "row": self.row,
+            "index": self.index,
+            "position": self.position,
+            "token_id": self.token_id,
+            "piece": self.piece,
+            "raw": {e: round(float(v), 5) for e, v in zip(self.emotions, self.raw, strict=True)},
+            "z": {e: round(float(v), 3) for e, v in zip(self.emotions, self.z, strict=True)},
+            "alerts": [a.rule.name for a in self.fired],
+            "active": self.active,
+        }
+
+
+@dataclass
+class MonitoredReply:
+    """A finished reply with every token's scores, alert firings and hidden-state spans."""
+
+    row: int
+    prompt: str
+    text: str
+    pieces: list[str]
+    token_ids: list[int]
+    emotions: list[str]
+    raw: np.ndarray
+    z: np.ndarray
+    alerts: list[Alert]
+    hidden: list[HiddenSpan]
+    stopped_by: str
+    steering: dict[str, float] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "type": "reply",
+            "row": self.row,
+            "prompt": self.prompt,
+            "text": self.text,
+            "n_tokens": len(self.pieces),
+            "stopped_by": self.stopped_by,
+            "steering": self.steering,
+            "alerts": [a.to_dict() for a in self.alerts],
+            "hidden": [h.to_dict() for h in self.hidden],
+        }
+
+
+class _Row:
+    """Bookkeeping of one reply in a (possibly batched) generation."""
+
+    def __init__(self, row: int, prompt: str, trackers: list[_RuleTracker]) -> None:
+        self.row, self.prompt, self.trackers = row, prompt, trackers
+        self.ids: list[int] = []
+        self.pieces: list[str] = []
+        self.raw: list[np.ndarray] = []
+        self.z: list[np.ndarray] = []
+        self.alerts: list[Alert] = []
+        self.text = ""
+        self.done = False
+        self.stopped_by = "length"
+        self.prompt_tokens = 0
+
+
+class TraceWriter:
+    """Appends one JSON line per record and flushes, so a crash keeps what was written."""
+
+    def __init__(self, path: str | Path, meta: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.write({"type": "meta", **meta})
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Trace:
+    """A trace file read back: header, token records, and one reply record per row."""
+
+    meta: dict[str, Any]
+    tokens: list[dict[str, Any]]
+    replies: list[dict[str, Any]]
+
+    def row(self, row: int = 0) -> list[dict[str, Any]]:
+        return [t for t in self.tokens if t["row"] == row]
+
+
+def read_trace(path: str | Path, max_records: int = 200_000) -> Trace:
+    """Read a JSONL trace; a damaged line is a clear error naming its line number."""
+    path = Path(path)
+    meta: dict[str, Any] = {}
+    tokens: list[dict[str, Any]] = []
+    replies: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if number > max_records:
+                    raise MonitorError(f"{path} has more than {max_records} records")
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    kind = record["type"]
+                except (ValueError, KeyError, TypeError):
+                    raise MonitorError(f"{path} line {number} is not a trace record") from None
+                if kind == "meta":
+                    meta = record
+                elif kind == "token":
+                    tokens.append(record)
+                elif kind == "reply":
+                    replies.append(record)
+    except FileNotFoundError:
+        raise MonitorError(f"trace file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise MonitorError(f"{path} is not a UTF-8 text trace") from None
+    if not meta:
+        raise MonitorError(f"{path} has no trace header: not an emovec monitor trace")
+    return Trace(meta, tokens, replies)
+
+
+class _Watch:
+    """The per-step work during ``generate``: a stopping criterion, called after each step.
+
+    When it runs, the monitor hook has just scored the token fed into this step (the previous
+    step's pick), so each reply token is delivered one step after it is sampled, with its
+    scores; returning True for a row ends it (the stop action, or a cancel).
+    """
+
+    def __init__(self, live: LiveMonitor, rows: list[_Row], prompt_width: int, on_token, cancel):
+        self.live, self.rows, self.width = live, rows, prompt_width
+        self.on_token, self.cancel = on_token, cancel
+        self.latest: tuple[int, np.ndarray] | None = None
+        self.steer_active = torch.zeros(len(rows))
+        self.eos = set(live.eos_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **_: Any) -> torch.Tensor:
+        stop = torch.zeros(len(self.rows), dtype=torch.bool)
+        if self.latest is not None and self.latest[0] >= self.width:
+            offset, chunk = self.latest
+            ids = input_ids[:, offset].tolist()
+            for row, state in enumerate(self.rows):
+                if not state.done:
+                    self.live._accept(state, ids[row], chunk[row, -1], self)
+                stop[row] = state.done
+        self.latest = None
+        if self.cancel is not None and self.cancel.is_set():
+            for state in self.rows:
+                if not state.done:
+                    state.done, state.stopped_by = True, "cancel"
+            stop[:] = True
+        return stop
+
+
+class LiveMonitor:
+    """Monitor generation token by token: z-scores, alerts, actions, hidden-state flags, trace.
+
+    One object holds the settings (emotions, layer, baseline, rules) and can run many
+    generations; each :meth:`generate` scores every reply token at ``layer`` as it is produced
+    and calls ``on_token`` with a :class:`TokenEvent`; :meth:`stream` yields the same events.
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        vectors: EmotionVectors,
+        emotions: Sequence[str] | None = None,
+        layer: int | None = None,
+        baseline: Baseline | None = None,
+        rules: Sequence[AlertRule] = (),
+        hidden: HiddenStateCheck | None = HiddenStateCheck(),  # noqa: B008 - frozen
+        center: bool = True,
+    ) -> None:
+        vectors.check_model(lm)
+        self.lm, self.vectors, self.center = lm, vectors, center
+        self.layer = vectors.default_layer if layer is None else layer
+        vectors.layer_index(self.layer)
+        names = vectors.emotions if emotions is None else emotions
+        self.emotions = list(dict.fromkeys(vectors.resolve(e) for e in names))
+        self.rules = [replace(r, emotion=vectors.resolve(r.emotion)) for r in rules]
+        for rule in self.rules:
+            for emotion, _ in rule.steer:
+                vectors.resolve(emotion)
+            if rule.emotion not in self.emotions:
+                self.emotions.append(rule.emotion)
+        if baseline is None:
+            baseline = calibrate(lm, vectors, layer=self.layer, center=center)
+        baseline.check(vectors, self.layer, center)
+        self.baseline = baseline
+        mean, std = baseline.select(self.emotions)
+        self._mean, self._scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+        self.hidden = hidden
+        self.eos_ids = _eos_ids(lm)
+
+    def z(self, raw: np.ndarray) -> np.ndarray:
+        """z-scores of raw scores (last axis = this monitor's emotions)."""
+        return (raw - self._mean) * self._scale
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "emovec": __version__,
+            "model": self.lm.name,
+            "fingerprint": self.vectors.model.get("fingerprint"),
+            "layer": self.layer,
+            "emotions": self.emotions,
+            "baseline": {
+                "source": self.baseline.source,
+                "n_tokens": self.baseline.n_tokens,
+                "mean": {e: float(m) for e, m in zip(self.emotions, self._mean, strict=True)},
+                "std": {e: float(1 / s) for e, s in zip(self.emotions, self._scale, strict=True)},
+            },
+            "rules": [r.to_dict() for r in self.rules],
+            "hidden": asdict(self.hidden) if self.hidden else None,
+        }
+
+    # -- per token ------------------------------------------------------------------------
+
+    def _accept(self, state: _Row, token_id: int, raw: np.ndarray, watch: _Watch) -> None:
+        """Take one scored reply token of one row: decode, z-score, rules, actions, deliver."""
+        if token_id in watch.eos:
+            state.done, state.stopped_by = True, "eos"
+            return
+        state.ids.append(token_id)
+        text = self.lm.tokenizer.decode(state.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a character split over tokens: wait for the rest
+            piece = ""
+        else:
+            piece, state.text = text[len(state.text) :], text
+        raw = np.array(raw, dtype=np.float32)
+        z = self.z(raw)
+        fired = []
+        for tracker in state.trackers:
+            alert = tracker.update(z[tracker.column])
+            if alert is not None:
+                fired.append(alert)
+                state.alerts.append(alert)
+        active = [t.rule.name for t in state.trackers if t.open is not None]
+        event = TokenEvent(
+            state.row,
+            len(state.ids) - 1,
+            state.prompt_tokens + len(state.ids) - 1,
+            token_id,
+            piece,
+            raw,
+            z,
+            self.emotions,
+            fired,
+            active,
+        )
+        state.pieces.append(piece)
+        state.raw.append(raw)
+        state.z.append(z)
+        for alert in fired:
+            if alert.action == "stop":
+                state.done, state.stopped_by = True, "alert"
+            elif alert.action == "steer":
+                watch.steer_active[state.row] = 1.0
+        if watch.on_token is not None:
+            watch.on_token(event)
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 40,
+        chat: bool = True,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        steering: Mapping[str, float] | None = None,
+        steer_positions: str = "all",
+        steer_layers: Sequence[int] | None = None,
+        on_token: Callable[[TokenEvent], None] | None = None,
+        trace: str | Path | TraceWriter | None = None,
+        cancel: threading.Event | None = None,
+        **generate_kwargs: Any,
+    ) -> MonitoredReply | list[MonitoredReply]:
+        """Generate replies while monitoring; one prompt gives one reply, a list gives a list.
+
+        ``steering`` (emotion -> strength) steers the whole generation as :func:`steer` does;
+        alert rules with a ``steer`` action add their counter-steer to a row from the token
+        after they fire. ``cancel`` (a threading.Event) ends generation at the next token.
+        """
+        from transformers import StoppingCriteriaList
+
+        from emovec.steering import steer as steering_ctx
+
+        single = isinstance(prompts, str)
+        batch = [prompts] if single else list(prompts)
+        if not batch or any(not p or not p.strip() for p in batch):
+            raise MonitorError("empty prompt: give some text to continue")
+        if max_new_tokens < 1:
+            raise MonitorError("max_new_tokens must be at least 1")
+        texts = [
+            self.lm.format_chat([{"role": "user", "content": p}]) if chat else p for p in batch
+        ]
+        tok = self.lm.tokenizer
+        old_side, tok.padding_side = tok.padding_side, "left"
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
+        finally:
+            tok.padding_side = old_side
+        width = enc["input_ids"].shape[1]
+        column = {e: i for i, e in enumerate(self.emotions)}
+        rows = [
+            _Row(r, p, [_RuleTracker(rule, column[rule.emotion], r) for rule in self.rules])
+            for r, p in enumerate(batch)
+        ]
+        for state, length in zip(rows, enc["attention_mask"].sum(1).tolist(), strict=True):
+            state.prompt_tokens = int(length)
+        writer = trace if isinstance(trace, TraceWriter) else None
+        own_writer = trace is not None and writer is None
+        if own_writer:
+            writer = TraceWriter(trace, self.meta())
+
+        def deliver(event: TokenEvent) -> None:
+            if writer is not None:
+                writer.write(event.to_record())
+            if on_token is not None:
+                on_token(event)
+
+        watch = _Watch(self, rows, width, deliver, cancel)
+        monitor = Monitor(self.lm, self.vectors, self.emotions, self.layer, self.center)
+        monitor.callback = lambda offset, chunk: setattr(watch, "latest", (offset, chunk))
+        edits = self._counter_steer_hooks(watch)
+        if seed is not None:
+            torch.manual_seed(seed)
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+            if temperature > 0
+            else {"do_sample": False}
+        )
+        user_steer = (
+            steering_ctx(
+                self.lm,
+                self.vectors,
+                steering,
+                layers=steer_layers,
+                positions=steer_positions,
+                prompt_length=width,
+            )
+            if steering
+            else nullcontext()
+        )
+        inputs = {k: v.to(self.lm.device) for k, v in enc.items()}
+        try:
+            with (
+                user_steer,
+                residual_hooks(self.lm.layers, edits, edits=True),
+                monitor.watching(),
+            ):
+                out = self.lm.model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([watch]),
+                    return_dict_in_generate=True,
+                    **sampling,
+                    **generate_kwargs,
+                )
+                self._score_last(out, inputs, rows, watch)
+            replies = [self._finish(state, steering) for state in rows]
+            if writer is not None:
+                for reply in replies:
+                    writer.write(reply.to_record())
+        finally:
+            if own_writer and writer is not None:
+                writer.close()
+        return replies[0] if single else replies
+
+    def _counter_steer_hooks(self, watch: _Watch) -> dict[int, Any]:
+        """An editing hook at the steering layer that adds each fired rule's counter-steer."""
+        wanted = [r for r in self.rules if r.action == "steer"]
+        if not wanted:
+            return {}
+        from emovec.steering import steering_direction
+
+        layer = self.vectors.default_steer_layer
+        strengths: dict[str, float] = {}
+        for rule in wanted:
+            for emotion, strength in rule.steer:
+                name = self.vectors.resolve(emotion)
+                strengths[name] = strengths.get(name, 0.0) + strength
+        delta = steering_direction(self.vectors, strengths, layer).to(
+            self.lm.device, self.lm.model.dtype
+        )
+
+        def add(_layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor | None:
+            if offset < watch.width or not bool(watch.steer_active.any()):
+                return None
+            gate = watch.steer_active.to(hidden.device, hidden.dtype).view(-1, 1, 1)
+            return hidden + gate * delta
+
+        return {layer: add}
+
+    def _score_last(self, out: Any, inputs: dict[str, torch.Tensor], rows, watch) -> None:
+        """Score each row's final pick, which ``generate`` never fed back into the model."""
+        sequences = out.sequences
+        if sequences.shape[1] <= watch.width:
+            return
+        for state in rows:  # a final end-of-text pick needs no scores
+            if not state.done and int(sequences[state.row, -1]) in watch.eos:
+                state.done, state.stopped_by = True, "eos"
+        if all(state.done for state in rows):
+            return
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        body = backbone(self.lm.model)
+        cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else None
+        cache_arg = cache_arg or "past_key_values"
+        last = sequences[:, -1:]
+        mask = torch.cat(
+            [inputs["attention_mask"], torch.ones_like(sequences[:, watch.width :])], dim=1
+        )
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -1:]
+        watch.latest = None
+        from emovec.hooks import StopForward
+
+        def stop(_module: Any, _args: Any, _output: Any) -> None:
+            raise StopForward
+
+        deepest = self.lm.layers[self.layer]
+        handle = deepest.register_forward_hook(stop)
+        try:
+            body(
+                input_ids=last,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_arg: cache},
+            )
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        if watch.latest is None:
+            return
+        offset, chunk = watch.latest
+        ids = sequences[:, -1].tolist()
+        for state in rows:
+            if not state.done:
+                self._accept(state, ids[state.row], chunk[state.row, -1], watch)
+
+    def _finish(self, state: _Row, steering: Mapping[str, float] | None) -> MonitoredReply:
+        n = len(self.emotions)
+        raw = np.stack(state.raw) if state.raw else np.zeros((0, n), np.float32)
+        z = np.stack(state.z) if state.z else np.zeros((0, n), np.float32)
+        hidden = (
+            hidden_spans(state.pieces, z, self.emotions, self.hidden, state.row)
+            if self.hidden is not None
+            else []
+        )
+        return MonitoredReply(
+            row=state.row,
+            prompt=state.prompt,
+            text=self.lm.tokenizer.decode(state.ids, skip_special_tokens=True),
+            pieces=state.pieces,
+            token_ids=state.ids,
+            emotions=self.emotions,
+            raw=raw,
+            z=z,
+            alerts=state.alerts,
+            hidden=hidden,
+            stopped_by=state.stopped_by,
+            steering=dict(steering or {}),
+        )
+
+    def stream(self, prompts: str | Sequence[str], **kwargs: Any) -> Iterator[Any]:
+        """Yield each :class:`TokenEvent` as it is produced, then each :class:`MonitoredReply`.
+
+        Generation runs in a worker thread; leaving the loop early cancels it.
+        """
+        events: queue.Queue = queue.Queue()
+        cancel = kwargs.pop("cancel", None) or threading.Event()
+        done = object()
+
+        def work() -> None:
+            try:
+                result = self.generate(prompts, on_token=events.put, cancel=cancel, **kwargs)
+                for reply in result if isinstance(result, list) else [result]:
+                    events.put(reply)
+            except BaseException as exc:  # handed to the consumer
+                events.put(exc)
+            finally:
+                events.put(done)
+
+        worker = threading.Thread(target=work, name="emovec-monitor", daemon=True)
+        worker.start()
+        try:
+            while (item := events.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            worker.join()
+
+
+def _eos_ids(lm: LanguageModel) -> list[int]:
+    ids = lm.model.generation_config.eos_token_id
+    if ids is None:
+        ids = lm.tokenizer.eos_token_id
+    return [int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None]

@@ -1,0 +1,178 @@
+"""What live monitoring adds to generation time, measured in the same run as plain generation.
+
+Plain greedy generation of N tokens and the same generation under :class:`LiveMonitor`
+(z-scores, alert rules, a JSONL trace, and the extra partial forward pass that scores the last
+token) alternate for many repetitions, so slow drifts of a shared machine hit both alike. The
+overhead is reported two ways: the ratio of medians, and the median of per-repetition ratios
+(each monitored run against the plain run just before it). The per-token pieces are also timed
+alone, which is far less noisy than end-to-end timing on a busy machine.
+
+    python benchmarks/bench_monitor.py [--reps 12] [--tokens 32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emovec.catalog import emotions
+from emovec.models import load_model
+from emovec.monitor import AlertRule, LiveMonitor, calibrate
+from emovec.steering import generate
+from emovec.vectors import EmotionVectors
+
+PROMPT = "Tell me about your day."
+
+
+def random_vectors(lm, layer: int = 20) -> EmotionVectors:
+    """171 random unit directions at one layer: the cost does not depend on what they are."""
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(1, 171, lm.d_model), dim=-1)
+    return EmotionVectors(
+        vectors=directions,
+        emotions=emotions(),
+        layers=[layer],
+        default_layer=layer,
+        model=lm.identity(),
+        residual_norm=torch.tensor([10.0]),
+        mean_activation=torch.zeros(1, lm.d_model),
+    )
+
+
+def median_s(fn, calls: int) -> float:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
+    """Each piece the monitor adds, timed alone: hook, per-token work, last-token pass."""
+    from emovec.hooks import run_to_layer
+    from emovec.monitor import Monitor, TraceWriter, _Row, _RuleTracker, _Watch
+
+    hidden = torch.randn(1, 1, lm.d_model)
+    monitor = Monitor(lm, live.vectors, live.emotions, live.layer)
+
+    def hook() -> None:
+        monitor._hook(live.layer, hidden, 40)
+        monitor.chunks.clear()
+
+    column = {e: i for i, e in enumerate(live.emotions)}
+    writer = TraceWriter(Path(tmp) / "components.jsonl", live.meta())
+    ids = lm.encode(" The rain had stopped by the time we reached the station, and the")
+    raw = np.random.default_rng(0).normal(0, 0.05, len(live.emotions)).astype(np.float32)
+
+    def per_token() -> None:
+        trackers = [_RuleTracker(r, column[r.emotion], 0) for r in live.rules]
+        state = _Row(0, "p", trackers)
+        watch = _Watch(live, [state], 0, lambda e: writer.write(e.to_record()), None)
+        for token in ids:
+            live._accept(state, token, raw, watch)
+
+    one = torch.tensor([[ids[0]]])
+    with torch.no_grad():
+        full = median_s(lambda: lm.model(input_ids=one), 30)
+        partial = median_s(lambda: run_to_layer(lm.model, live.layer, input_ids=one), 30)
+    costs = {
+        "hook_us": median_s(hook, 2000) * 1e6,
+        "per_token_work_us": median_s(per_token, 50) / len(ids) * 1e6,
+        "last_token_pass_share_of_forward": partial / full,
+    }
+    writer.close()
+    return costs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=12)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--vectors", default=None, help="a vector file (default: random, layer 20)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    lm = load_model()
+    vectors = EmotionVectors.load(args.vectors) if args.vectors else random_vectors(lm)
+    baseline = calibrate(lm, vectors, limit=4, max_tokens=128, cache=False)
+    watched = ["desperate", "afraid", "angry", "sad", "calm", "happy"]
+    rules = [AlertRule("desperate", "level", 3.0), AlertRule("afraid", "rise", 2.0)]
+    monitors = {
+        "6 emotions, 2 rules, trace": LiveMonitor(lm, vectors, watched, None, baseline, rules),
+        "171 emotions, trace": LiveMonitor(lm, vectors, None, None, baseline),
+    }
+    n = args.tokens
+    kwargs = {"max_new_tokens": n, "min_new_tokens": n}
+    times: dict[str, list[float]] = {"plain": [], **{k: [] for k in monitors}}
+    generate(lm, PROMPT, max_new_tokens=4)  # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        for live in monitors.values():  # warm-up
+            live.generate(PROMPT, max_new_tokens=4, trace=Path(tmp) / "warm.jsonl")
+        for rep in range(args.reps):
+            start = time.perf_counter()
+            generate(lm, PROMPT, **kwargs)
+            times["plain"].append(time.perf_counter() - start)
+            for name, live in monitors.items():
+                trace = Path(tmp) / f"{rep}.jsonl"
+                start = time.perf_counter()
+                reply = live.generate(PROMPT, trace=trace, min_new_tokens=n, max_new_tokens=n)
+                times[name].append(time.perf_counter() - start)
+                assert len(reply.pieces) == n, "every generated token is scored"
+
+        components = component_costs(lm, monitors["6 emotions, 2 rules, trace"], tmp)
+
+    plain = np.array(times["plain"])
+    result = {
+        "model": lm.name,
+        "torch_threads": torch.get_num_threads(),
+        "tokens": n,
+        "reps": args.reps,
+        "plain_s_median": round(float(np.median(plain)), 4),
+        "monitored": {},
+    }
+    print(f"model {lm.name}, {n} tokens, {args.reps} interleaved repetitions")
+    print(f"plain generation: median {np.median(plain):.3f} s (min {plain.min():.3f})")
+    for name in monitors:
+        runs = np.array(times[name])
+        ratio_of_medians = float(np.median(runs) / np.median(plain))
+        paired = float(np.median(runs / plain))
+        ratio_of_mins = float(runs.min() / plain.min())
+        result["monitored"][name] = {
+            "s_median": round(float(np.median(runs)), 4),
+            "overhead_ratio_of_medians": round(ratio_of_medians - 1, 4),
+            "overhead_median_paired": round(paired - 1, 4),
+            "overhead_ratio_of_minima": round(ratio_of_mins - 1, 4),
+        }
+        print(
+            f"monitored ({name}): median {np.median(runs):.3f} s; overhead "
+            f"{ratio_of_medians - 1:+.1%} (medians), {paired - 1:+.1%} (paired), "
+            f"{ratio_of_mins - 1:+.1%} (minima)"
+        )
+    step = float(np.median(plain)) / n
+    per_token = (components["hook_us"] + components["per_token_work_us"]) * 1e-6
+    predicted = (per_token * n + components["last_token_pass_share_of_forward"] * step) / (step * n)
+    result["components"] = {k: round(v, 4) for k, v in components.items()}
+    result["predicted_overhead_from_components"] = round(predicted, 4)
+    print(
+        f"components: hook {components['hook_us']:.1f} us/token, per-token work "
+        f"{components['per_token_work_us']:.1f} us/token, last-token pass "
+        f"{components['last_token_pass_share_of_forward']:.2f} of a forward; "
+        f"predicted overhead for {n} tokens: {predicted:+.2%}"
+    )
+    spread = statistics.pstdev(times["plain"]) / statistics.mean(times["plain"])
+    result["plain_relative_spread"] = round(spread, 4)
+    print(f"run-to-run spread of plain generation: {spread:.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

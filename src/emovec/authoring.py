@@ -240,7 +240,8 @@ def parse_dialogue(reply: str) -> list[dict[str, str]] | None:
     """Turns of a ``Human:``/``Assistant:`` dialogue, or None if the reply is not one."""
     marks = list(_TURN.finditer(reply))
     turns: list[dict[str, str]] = []
-    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+    for i, m in enumerate(marks):
+        nxt = marks[i + 1] if i + 1 < len(marks) else None
         role = (
             "user" if m.group(1).lower() in {"human", "user", "person", "customer"} else "assistant"
         )

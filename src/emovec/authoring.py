@@ -535,11 +535,23 @@ class EndpointAuthor:
         )
 
     def client(self):
-        import httpx
+        httpx = need_endpoint_extra("httpx")
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.concurrency)
         return httpx.AsyncClient(timeout=self.timeout, headers=headers, limits=limits)
+
+
+def need_endpoint_extra(module: str):
+    """Import an optional dependency of endpoints, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module} is needed for chat endpoints: pip install 'emovec[endpoint]'"
+        ) from exc
 
 
 def _completion_text(resp) -> str | None:

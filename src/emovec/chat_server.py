@@ -28,6 +28,10 @@ def _error(status: int, message: str, kind: str = "invalid_request_error"):
 def create_app(lm: LanguageModel, model_id: str | None = None):
     """A FastAPI app answering chat completions with ``lm``."""
     import torch
+
+    from emovec.authoring import need_endpoint_extra
+
+    need_endpoint_extra("fastapi")
     from fastapi import FastAPI, Request
 
     model_id = model_id or lm.name
@@ -137,6 +141,7 @@ def _complete(lm: LanguageModel, body: dict[str, Any], torch) -> tuple[str, str,
 
 def serve(lm: LanguageModel, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve ``lm`` until interrupted."""
-    import uvicorn
+    from emovec.authoring import need_endpoint_extra
 
+    uvicorn = need_endpoint_extra("uvicorn")
     uvicorn.run(create_app(lm), host=host, port=port, log_level="info")

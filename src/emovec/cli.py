@@ -417,10 +417,9 @@ def _author(
 
 def _endpoint_model(url: str) -> str:
     """The first model an endpoint lists (for endpoints that serve one model)."""
-    import httpx
+    from emovec.authoring import AuthoringError, need_endpoint_extra
 
-    from emovec.authoring import AuthoringError
-
+    httpx = need_endpoint_extra("httpx")
     base = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1")
     try:
         models = httpx.get(f"{base}/models", timeout=30).json()["data"]

@@ -65,7 +65,12 @@ def main() -> None:
     ap.add_argument("--curated-vectors", type=Path, required=True)
     ap.add_argument("--figures", type=Path, default=Path("docs/figures"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--prepare-only", action="store_true", help="Only fill --cache.")
+    ap.add_argument("--cache", type=Path, default=None, help="Keep pooled curated activations.")
     args = ap.parse_args()
+    if args.prepare_only:
+        _prepare(args)
+        return
 
     curated_vectors = EmotionVectors.load(args.curated_vectors)
     layer = curated_vectors.default_layer
@@ -79,13 +84,21 @@ def main() -> None:
     if len(neutral_texts) < 10:
         neutral_texts, neutral_source = load_corpus("curated").neutral_texts(), "curated"
 
-    def pool(texts):
-        return pooled_activations(lm, texts, [layer], settings)[:, 0]
+    def pool(texts, name: str | None = None):
+        if args.cache and name:
+            path = args.cache / f"{name}-{lm.fingerprint}-{layer}.pt"
+            if path.exists():
+                return torch.load(path)
+        x = pooled_activations(lm, texts, [layer], settings)[:, 0]
+        if args.cache and name:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            torch.save(x, path)
+        return x
 
     stories = own.stories
     labels = [index[s["emotion"]] for s in stories]
     x_self = pool([s["text"] for s in stories])
-    x_neutral = pool(neutral_texts)
+    x_neutral = pool(neutral_texts, "curated-neutral" if neutral_source == "curated" else None)
     v_self, g_self, counts = build(x_self, labels, len(emotions), x_neutral)
     present = [i for i in range(len(emotions)) if counts[i] > 0]
 
@@ -103,7 +116,7 @@ def main() -> None:
     # Cross-corpus: one curated story per emotion (the first), and every self-written story.
     curated = load_corpus("curated")
     probe = [curated.stories_of(e)[0] for e in emotions]
-    x_probe = pool([s["text"] for s in probe])
+    x_probe = pool([s["text"] for s in probe], "curated-probe")
     v_cur = curated_vectors.vectors[curated_vectors.layer_index(layer)].float()
     g_cur = curated_vectors.mean_activation[curated_vectors.layer_index(layer)].float()
     v_self_masked = v_self.clone()
@@ -169,6 +182,23 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     _figures(args.figures, emotions, present, diag, off, p_self, p_cur, share_self, share_cur)
+
+
+def _prepare(args) -> None:
+    """Pool the curated probe stories and neutral dialogues into the cache ahead of time."""
+    vectors = EmotionVectors.load(args.curated_vectors)
+    layer, lm = vectors.default_layer, load_model(vectors.model["name"])
+    curated = load_corpus("curated")
+    jobs = {
+        "curated-probe": [curated.stories_of(e)[0]["text"] for e in vectors.emotions],
+        "curated-neutral": curated.neutral_texts(),
+    }
+    args.cache.mkdir(parents=True, exist_ok=True)
+    for name, texts in jobs.items():
+        path = args.cache / f"{name}-{lm.fingerprint}-{layer}.pt"
+        if not path.exists():
+            x = pooled_activations(lm, texts, [layer], ExtractionSettings(batch_size=16))[:, 0]
+            torch.save(x, path)
 
 
 def _top(emotions, present, diag, best: bool, k: int = 8) -> list[str]:

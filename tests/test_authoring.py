@@ -203,19 +203,17 @@ def test_killed_run_resumes_to_the_same_corpus(lm, reference, tmp_path):
     args += ["--max-new-tokens", str(TINY["tokens"]), "--batch-size", str(TINY["batch"])]
     env = {**os.environ, "PYTHONPATH": str(Path(emovec.__file__).parents[1])}
     code = "from emovec.cli import main; main()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    stderr = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
     log = folder / "stories.replies.jsonl"
     deadline = time.monotonic() + 240
     while not (log.exists() and log.stat().st_size) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    stderr.close()
     done = len(log.read_text().splitlines())
     assert 0 < done < 6, "the run was not killed mid-way"
     with open(log, "a") as f:  # a kill in the middle of a write leaves half a line

@@ -31,6 +31,7 @@ _EXPORTS = {
     "generate": "emovec.steering",
     "emotions": "emovec.catalog",
     "families": "emovec.catalog",
+    "write_corpus": "emovec.authoring",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

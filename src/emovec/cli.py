@@ -27,6 +27,7 @@ err = Console(stderr=True)
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
+    from emovec.authoring import AuthoringError
     from emovec.catalog import UnknownEmotionError
     from emovec.corpus import CorpusError
     from emovec.experiments.common import ExperimentError
@@ -36,6 +37,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.vectors import VectorFileError
 
     return (
+        AuthoringError,
         UnknownEmotionError,
         ModelError,
         VectorFileError,
@@ -757,3 +759,208 @@ def serve(
         )
     out.print(f"emovec dashboard on http://{host}:{port}  (data folder: {data.resolve()})")
     run_server(lm, vecs, data_dir=data, host=host, port=port, baseline=base)
+
+
+# --- corpus writing: `emovec corpus stories|neutral|serve` -------------------------------------
+
+corpus_app = typer.Typer(
+    no_args_is_help=True,
+    help="Have a model write a corpus (the study's design), or serve a model as a chat endpoint.",
+)
+app.add_typer(corpus_app, name="corpus")
+
+
+def _corpus_command(name: str) -> Callable[[Callable], Callable]:
+    """Register a ``corpus`` subcommand with the same one-line error handling as ``command``."""
+
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except typer.Exit:
+                raise
+            except _known_errors() as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+
+        return corpus_app.command(name)(wrapper)
+
+    return register
+
+
+CorpusOut = Annotated[Path, typer.Option("--out", "-o", help="Corpus folder (created; resumed).")]
+AuthorOpt = Annotated[
+    str | None,
+    typer.Option(help="Another local model to write (HF id, folder, .gguf); default: --model."),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(help="OpenAI-compatible endpoint URL as author, e.g. http://host:8000/v1."),
+]
+EndpointModelOpt = Annotated[
+    str | None, typer.Option(help="Model name to ask the endpoint for (default: its first).")
+]
+ApiKeyEnvOpt = Annotated[
+    str, typer.Option(help="Environment variable holding the endpoint's API key, if any.")
+]
+TopicsOpt = Annotated[
+    Path | None, typer.Option(help="Topic file, one a line (default: the study's 100).")
+]
+NTopicsOpt = Annotated[int | None, typer.Option(help="Use only the first N topics.")]
+SeedOpt = Annotated[int, typer.Option(help="Run seed; each request's seed derives from it.")]
+BatchOpt = Annotated[int, typer.Option(help="Local author's batch size (part of the design).")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Endpoint requests in flight at once.")]
+MaxTokensOpt = Annotated[int, typer.Option(help="Longest reply, in tokens.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")]
+FinishOpt = Annotated[
+    bool, typer.Option(help="Only rewrite the corpus files from the replies written so far.")
+]
+
+
+def _author(
+    model: str | None,
+    author: str | None,
+    endpoint: str | None,
+    endpoint_model: str | None,
+    api_key_env: str,
+    batch_size: int,
+    concurrency: int,
+):
+    import os
+
+    from emovec.authoring import AuthoringError, EndpointAuthor, LocalAuthor
+
+    if endpoint:
+        if author:
+            raise AuthoringError("give either --author or --endpoint, not both")
+        name = endpoint_model or _endpoint_model(endpoint)
+        return EndpointAuthor(endpoint, name, os.environ.get(api_key_env), concurrency)
+    return LocalAuthor(_load(author or model), batch_size)
+
+
+def _endpoint_model(url: str) -> str:
+    """The first model an endpoint lists (for endpoints that serve one model)."""
+    from emovec.authoring import AuthoringError, need_endpoint_extra
+
+    httpx = need_endpoint_extra("httpx")
+    base = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1")
+    try:
+        models = httpx.get(f"{base}/models", timeout=30).json()["data"]
+        return models[0]["id"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise AuthoringError(
+            f"cannot list the models of {base} ({type(exc).__name__}); is the server running? "
+            "Or name the model with --endpoint-model"
+        ) from exc
+
+
+def _report(result) -> None:
+    counts = result.counts
+    state = "complete" if result.complete else "unfinished (rerun the same command to continue)"
+    out.print(
+        f"{result.kind}: {counts['accepted']} accepted of {counts['items_seen']} "
+        f"({counts['acceptance']:.0%}); rejected {counts['rejected'] or 'none'}; "
+        f"{counts['requests_done']}/{result.requests} requests, {state}; in {result.folder}"
+    )
+
+
+@_corpus_command("stories")
+def corpus_stories(
+    out_dir: CorpusOut,
+    model: ModelOpt = None,
+    author: AuthorOpt = None,
+    endpoint: EndpointOpt = None,
+    endpoint_model: EndpointModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    emotion: Annotated[
+        list[str] | None, typer.Option("--emotion", "-e", help="Repeatable; default all 171.")
+    ] = None,
+    topics: TopicsOpt = None,
+    n_topics: NTopicsOpt = None,
+    stories_per_topic: Annotated[int, typer.Option(help="Stories per emotion and topic.")] = 12,
+    stories_per_request: Annotated[int, typer.Option(help="Stories asked for at once.")] = 1,
+    min_words: Annotated[int, typer.Option(help="Shorter stories are rejected.")] = 60,
+    max_words: Annotated[int, typer.Option(help="Longer stories are rejected.")] = 180,
+    max_new_tokens: MaxTokensOpt = 260,
+    temperature: TemperatureOpt = 0.8,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 8,
+    concurrency: ConcurrencyOpt = 4,
+    finish: FinishOpt = False,
+) -> None:
+    """Write emotion stories: emotions x topics x stories per topic, resumable."""
+    from emovec import authoring
+
+    if finish:
+        _report_finish(out_dir, authoring.STORIES)
+        return
+    chosen = [catalog.resolve(e) for e in (emotion or [])] or catalog.emotions()
+    design = authoring.StoryDesign(
+        chosen,
+        authoring.load_topics(topics, n_topics),
+        stories_per_topic,
+        stories_per_request,
+        min_words,
+        max_words,
+    )
+    writer = _author(model, author, endpoint, endpoint_model, api_key_env, batch_size, concurrency)
+    sampling = authoring.Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+    _report(authoring.write_corpus(out_dir, design, writer, sampling, seed, progress=True))
+
+
+@_corpus_command("neutral")
+def corpus_neutral(
+    out_dir: CorpusOut,
+    model: ModelOpt = None,
+    author: AuthorOpt = None,
+    endpoint: EndpointOpt = None,
+    endpoint_model: EndpointModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    topics: TopicsOpt = None,
+    n_topics: NTopicsOpt = None,
+    dialogues_per_topic: Annotated[int, typer.Option(help="Dialogues per topic.")] = 2,
+    min_words: Annotated[int, typer.Option(help="Shorter dialogues are rejected.")] = 30,
+    max_words: Annotated[int, typer.Option(help="Longer dialogues are rejected.")] = 300,
+    max_new_tokens: MaxTokensOpt = 300,
+    temperature: TemperatureOpt = 0.8,
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = 8,
+    concurrency: ConcurrencyOpt = 4,
+    finish: FinishOpt = False,
+) -> None:
+    """Write emotionally neutral Human/Assistant dialogues (for denoising), resumable."""
+    from emovec import authoring
+
+    if finish:
+        _report_finish(out_dir, authoring.NEUTRAL)
+        return
+    design = authoring.NeutralDesign(
+        authoring.load_topics(topics, n_topics), dialogues_per_topic, min_words, max_words
+    )
+    writer = _author(model, author, endpoint, endpoint_model, api_key_env, batch_size, concurrency)
+    sampling = authoring.Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+    _report(authoring.write_corpus(out_dir, design, writer, sampling, seed, progress=True))
+
+
+def _report_finish(folder: Path, kind: str) -> None:
+    from emovec import authoring
+
+    counts = authoring.finish(folder, kind)
+    out.print(
+        f"{kind}: {counts['accepted']} accepted of {counts['items_seen']}; "
+        f"{counts['requests_done']} requests written so far; files in {folder}"
+    )
+
+
+@_corpus_command("serve")
+def corpus_serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve a model as an OpenAI-compatible chat endpoint (/v1/chat/completions)."""
+    from emovec.chat_server import serve
+
+    serve(_load(model), host=host, port=port)

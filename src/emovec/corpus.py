@@ -5,6 +5,9 @@ Format (documented in docs/corpus.md): a corpus is a folder holding ``stories.js
 ``{"emotion": str, "text": str, "topic"?: str, "narration"?: "first"|"third"}``; a neutral
 record is ``{"turns": [{"role": "user"|"assistant", "content": str}, ...], "topic"?: str}`` or
 ``{"text": str}``. A single ``.jsonl`` file of stories is a corpus without neutral dialogues.
+A folder written by ``emovec corpus stories|neutral`` (:mod:`emovec.authoring`) also holds
+``manifest.json`` (kept as :attr:`Corpus.manifest`), the raw replies and the rejected items,
+which loading ignores.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Corpus:
     stories: list[dict[str, Any]]
     neutral: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def emotions(self) -> list[str]:
@@ -58,7 +62,8 @@ class Corpus:
 
     def subset(self, emotions: list[str]) -> Corpus:
         keep = set(emotions)
-        return Corpus([s for s in self.stories if s["emotion"] in keep], self.neutral, self.source)
+        stories = [s for s in self.stories if s["emotion"] in keep]
+        return Corpus(stories, self.neutral, self.source, self.manifest)
 
 
 def render_dialogue(record: dict[str, Any]) -> str:
@@ -134,8 +139,32 @@ def load_corpus(spec: str | Path = CURATED) -> Corpus:
     if (path / "stories").is_dir():
         parts += sorted((path / "stories").glob("*.jsonl"))
     if not parts:
+        if (path / "stories.replies.jsonl").is_file():
+            raise CorpusError(
+                f"{path}: stories are still being written; rerun the same `emovec corpus "
+                "stories` command to finish them (or add --finish to use what is done)"
+            )
         raise CorpusError(f"{path}: no stories.jsonl or stories/*.jsonl in this folder")
     stories = [r for p in parts for r in read_jsonl(p)]
     neutral_file = path / "neutral.jsonl"
     neutral = read_jsonl(neutral_file) if neutral_file.is_file() else []
-    return Corpus(_check_stories(stories, str(path)), _check_neutral(neutral, str(path)), str(path))
+    manifest = _read_manifest(path / "manifest.json")
+    return Corpus(
+        _check_stories(stories, str(path)),
+        _check_neutral(neutral, str(path)),
+        str(path),
+        manifest,
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A corpus folder's manifest (author, prompts, parameters, counts), or {} if none."""
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorpusError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise CorpusError(f"{path}: expected a JSON object")
+    return manifest

@@ -31,6 +31,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.corpus import CorpusError
     from emovec.hooks import UnsupportedModelError
     from emovec.models import ModelError
+    from emovec.studies import StudyError
     from emovec.vectors import VectorFileError
 
     return (
@@ -39,6 +40,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
         VectorFileError,
         CorpusError,
         UnsupportedModelError,
+        StudyError,
         ValueError,
         IndexError,
         ImportError,
@@ -336,7 +338,6 @@ app.add_typer(study_app, name="study")
 
 def _study_command(fn: Callable) -> Callable:
     """A ``study`` subcommand whose known errors become one red line and exit status 2."""
-    from emovec.studies import StudyError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -344,7 +345,7 @@ def _study_command(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except (StudyError, *_known_errors()) as exc:
+        except _known_errors() as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -374,7 +375,7 @@ def list_() -> None:
 
 
 @_study_command
-def run(
+def run_(
     scenario: Annotated[str, typer.Argument(help="Bundled scenario name or a scenario .json.")],
     vectors: VectorsOpt,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Study folder (resumable).")],

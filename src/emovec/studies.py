@@ -802,7 +802,10 @@ def plot_rates(summary: dict[str, Any], path: Path) -> Path:
             points.append(base)
         points.sort(key=lambda c: c["strength"])
         if points:
-            x = [c["strength"] for c in points]
+            # a small sideways offset per emotion keeps overlapping error bars apart
+            span = max((abs(c["strength"]) for c in conditions), default=0.0) or 1.0
+            shift = (i - (len(emotions) - 1) / 2) * 0.012 * span
+            x = [c["strength"] + shift for c in points]
             y = [c["rate"] for c in points]
             err = [
                 [c["rate"] - c["ci95"][0] for c in points],

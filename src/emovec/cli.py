@@ -34,6 +34,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.hooks import UnsupportedModelError
     from emovec.models import ModelError
     from emovec.monitor import MonitorError
+    from emovec.studies import StudyError
     from emovec.vectors import VectorFileError
 
     return (
@@ -45,6 +46,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
         UnsupportedModelError,
         ExperimentError,
         MonitorError,
+        StudyError,
         ValueError,
         IndexError,
         ImportError,
@@ -52,8 +54,8 @@ def _known_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def command(fn: Callable) -> Callable:
-    """Register a subcommand whose known errors become one red line and exit status 2."""
+def _one_line_errors(fn: Callable) -> Callable:
+    """Wrap a command so its known errors become one red line and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -66,7 +68,22 @@ def command(fn: Callable) -> Callable:
             err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
-    return app.command()(wrapper)
+    return wrapper
+
+
+def command(fn: Callable) -> Callable:
+    """Register a top-level subcommand (with one-line errors)."""
+    return app.command()(_one_line_errors(fn))
+
+
+def group_command(group: typer.Typer, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a subcommand of ``group``, named after the function unless ``name`` is given."""
+
+    def register(fn: Callable) -> Callable:
+        cli_name = name or fn.__name__.rstrip("_").replace("_", "-")
+        return group.command(cli_name)(_one_line_errors(fn))
+
+    return register
 
 
 ModelOpt = Annotated[
@@ -352,21 +369,7 @@ ExpVectors = Annotated[Path, typer.Option("--vectors", "-v", help="Vector file (
 ExpLayer = Annotated[int | None, typer.Option(help="Layer (default: the vector file's).")]
 
 
-def experiment_command(fn: Callable) -> Callable:
-    """Like :func:`command`, for the ``emovec experiment`` group."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except _known_errors() as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return experiment_app.command(fn.__name__.replace("_", "-"))(wrapper)
+experiment_command = group_command(experiment_app)
 
 
 def _vectors_and_model(vectors: Path, model: str | None):
@@ -561,13 +564,145 @@ def report(
     out.print(f"wrote {build_report(folder, out_file, title=title)}")
 
 
-def main() -> None:
-    """Entry point of the ``emovec`` console script."""
-    app()
+# --- behavioural case studies (emovec study ...) ---------------------------------------------
+
+study_app = typer.Typer(
+    no_args_is_help=True,
+    help="Behavioural case studies: blackmail, reward hacking, sycophancy under steering.",
+)
+app.add_typer(study_app, name="study")
 
 
-if __name__ == "__main__":
-    main()
+_study_command = group_command(study_app)
+
+
+ConditionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--condition", "-c", help="EMOTION:STRENGTH or none; repeatable (default: scenario's)."
+    ),
+]
+
+
+@_study_command
+def list_() -> None:
+    """The bundled scenarios and their default conditions."""
+    from emovec.studies import bundled_scenarios, load_scenario
+
+    table = Table("scenario", "items", "grader", "default conditions")
+    for name in bundled_scenarios():
+        sc = load_scenario(name)
+        conditions = ", ".join(c.name for c in sc.conditions())
+        table.add_row(name, str(len(sc.items)), sc.grader, conditions)
+    out.print(table)
+
+
+@_study_command
+def run_(
+    scenario: Annotated[str, typer.Argument(help="Bundled scenario name or a scenario .json.")],
+    vectors: VectorsOpt,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Study folder (resumable).")],
+    condition: ConditionOpt = None,
+    rollouts: Annotated[int, typer.Option(help="Rollouts per condition.")] = 10,
+    model: ModelOpt = None,
+    layers: Annotated[str | None, typer.Option(help="Steering layers (default: file's).")] = None,
+    positions: Annotated[str, typer.Option(help="all | prompt | generated")] = "all",
+    max_new_tokens: Annotated[int | None, typer.Option(help="Default: scenario's.")] = None,
+    temperature: Annotated[float, typer.Option()] = 0.8,
+    seed: Annotated[int, typer.Option()] = 0,
+    item: Annotated[list[str] | None, typer.Option(help="Only these item ids.")] = None,
+    judge_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint for an LLM judge.")
+    ] = None,
+    judge_model: Annotated[str, typer.Option(help="Judge model name.")] = "gpt-4o-mini",
+) -> None:
+    """Run (or continue) a study; rollouts are appended as they finish, so rerun to resume.
+
+    The judge's API key is read from $EMOVEC_JUDGE_API_KEY.
+    """
+    import os
+
+    from emovec.studies import Condition, Judge, Study, load_scenario, run_study
+    from emovec.vectors import EmotionVectors
+
+    sc = load_scenario(scenario)
+    chosen = _layers(layers)
+    extra = {"layers": tuple(chosen) if chosen else None, "positions": positions}
+    conditions = (
+        [Condition.parse(c, **extra) for c in condition]
+        if condition
+        else [Condition(**{**c.to_dict(), **extra}) for c in sc.conditions()]
+    )
+    conditions = [c if c.steered else Condition() for c in conditions]
+    study = Study(
+        sc,
+        conditions,
+        rollouts=rollouts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        items=item,
+    )
+    vecs = EmotionVectors.load(vectors)
+    lm = _load(model, vecs)
+    judge = None
+    if judge_url:
+        judge = Judge(judge_url, judge_model, api_key=os.environ.get("EMOVEC_JUDGE_API_KEY"))
+    summary = run_study(lm, vecs, study, out_dir, judge=judge, progress=True)
+    table = Table("condition", "n", "rate", "95% CI", "paper")
+    for c in summary["conditions"]:
+        paper = "" if c["paper_rate"] is None else f"{c['paper_rate']:.0%}"
+        ci = f"{c['ci95'][0]:.0%}-{c['ci95'][1]:.0%}"
+        table.add_row(c["condition"], str(c["n"]), f"{c['rate']:.0%}", ci, paper)
+    out.print(table)
+    out.print(f"wrote {out_dir}/result.json, rate_vs_strength.png, index.html")
+
+
+@_study_command
+def page(
+    out_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+) -> None:
+    """Rebuild result.json, the figure and index.html from the rollouts recorded so far."""
+    from emovec.studies import rebuild_outputs
+
+    summary = rebuild_outputs(out_dir)
+    done = sum(c["n"] for c in summary["conditions"])
+    out.print(f"wrote {out_dir}/index.html from {done} rollouts")
+
+
+@_study_command
+def trajectory(
+    vectors: VectorsOpt,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    attempts: Annotated[int, typer.Option(help="Attempts per task.")] = 4,
+    emotion: Annotated[
+        list[str] | None, typer.Option("--emotion", "-e", help="Emotions to read.")
+    ] = None,
+    condition: Annotated[str, typer.Option("--condition", "-c")] = "none",
+    item: Annotated[list[str] | None, typer.Option(help="Only these task ids.")] = None,
+    model: ModelOpt = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 80,
+) -> None:
+    """Emotions across repeated attempts at impossible coding tasks (failing tests fed back)."""
+    from emovec.studies import Condition, run_trajectory
+    from emovec.vectors import EmotionVectors
+
+    vecs = EmotionVectors.load(vectors)
+    lm = _load(model, vecs)
+    result = run_trajectory(
+        lm,
+        vecs,
+        items=item,
+        attempts=attempts,
+        condition=Condition.parse(condition),
+        emotions=emotion or ["desperate", "calm"],
+        max_new_tokens=max_new_tokens,
+        out_dir=out_dir,
+    )
+    for e in result["emotions"]:
+        values = " -> ".join(f"{v:+.3f}" for v in result["mean"]["at_reply_start"][e])
+        out.print(f"{e} at reply start, by attempt: {values}")
+    out.print(f"wrote {out_dir}/trajectory.json and trajectory.png")
 
 
 # --- live monitor and dashboard ------------------------------------------------------------
@@ -771,23 +906,7 @@ app.add_typer(corpus_app, name="corpus")
 
 
 def _corpus_command(name: str) -> Callable[[Callable], Callable]:
-    """Register a ``corpus`` subcommand with the same one-line error handling as ``command``."""
-
-    def register(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except typer.Exit:
-                raise
-            except _known_errors() as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-
-        return corpus_app.command(name)(wrapper)
-
-    return register
+    return group_command(corpus_app, name)
 
 
 CorpusOut = Annotated[Path, typer.Option("--out", "-o", help="Corpus folder (created; resumed).")]
@@ -964,3 +1083,12 @@ def corpus_serve(
     from emovec.chat_server import serve
 
     serve(_load(model), host=host, port=port)
+
+
+def main() -> None:
+    """Entry point of the ``emovec`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

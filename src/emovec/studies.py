@@ -173,7 +173,10 @@ class Scenario:
 
 
 def _fill(template: str, item: dict[str, Any]) -> str:
-    values = {k: "\n".join(v) if isinstance(v, list) else v for k, v in item.items()}
+    values = {
+        k: "\n".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+        for k, v in item.items()
+    }
     if "visible" in item:  # coding tasks show their tests as asserts
         values.setdefault("tests", "\n".join(f"assert {t}" for t in item["visible"]))
     try:

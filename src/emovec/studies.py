@@ -173,7 +173,10 @@ class Scenario:
 
 
 def _fill(template: str, item: dict[str, Any]) -> str:
-    values = {k: "\n".join(v) if isinstance(v, list) else v for k, v in item.items()}
+    values = {
+        k: "\n".join(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+        for k, v in item.items()
+    }
     if "visible" in item:  # coding tasks show their tests as asserts
         values.setdefault("tests", "\n".join(f"assert {t}" for t in item["visible"]))
     try:
@@ -799,9 +802,10 @@ def rebuild_outputs(out_dir: str | Path, vectors: EmotionVectors | None = None) 
     """Rewrite result.json, the figure and index.html from the rollouts recorded so far."""
     study, records = load_study(out_dir)
     summary = summarise(study, records, vectors)
-    if vectors is None:
-        settings = json.loads((Path(out_dir) / "study.json").read_text("utf-8"))
-        summary["model"] = {"fingerprint": settings.get("model")}
+    previous = Path(out_dir) / "result.json"
+    if vectors is None and previous.is_file():  # keep the model and layer recorded earlier
+        earlier = json.loads(previous.read_text("utf-8"))
+        summary["model"], summary["steer_layer"] = earlier["model"], earlier["steer_layer"]
     write_outputs(Path(out_dir), summary, records)
     return summary
 
@@ -1042,6 +1046,7 @@ def plot_trajectory(result: dict[str, Any], path: Path) -> Path:
         xs = list(range(1, len(start) + 1))
         ax.plot(xs, start, marker="o", color=colour, label=f"{emotion} (reply start)")
         ax.plot(xs, over, ls="--", color=colour, label=f"{emotion} (mean over reply)")
+    ax.set_xticks(range(1, 1 + max(len(v) for v in result["mean"]["at_reply_start"].values())))
     ax.set_xlabel("attempt (after failing test output)")
     ax.set_ylabel("cosine with emotion vector")
     ax.set_title(f"emotions across attempts ({result['condition']})")

@@ -134,5 +134,6 @@ def build_report(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(page)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; the page is meant to be shared
     os.replace(tmp, out)
     return out

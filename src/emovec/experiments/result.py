@@ -47,6 +47,7 @@ def write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(_plain(data), f, indent=1, ensure_ascii=False)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
     os.replace(tmp, path)
 
 

@@ -29,7 +29,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from emovec.models import LanguageModel
+from emovec.progress import count_progress
 from emovec.vectors import EmotionVectors
 
 #: z for a two-sided 95% interval
@@ -633,7 +634,7 @@ def run_study(
     todo = list(_pending(study, done))
     watch = settings["watch"]
     items = study.chosen_items
-    with _rollout_progress(len(todo), study.scenario.name, enabled=progress) as tick:
+    with count_progress(len(todo), study.scenario.name, "rollouts", progress) as tick:
         for condition, index in todo:
             item = items[index % len(items)]
             record = rollout(lm, vectors, study, condition, index, item, watch, judge)
@@ -645,36 +646,6 @@ def run_study(
     summary = summarise(study, records, vectors)
     write_outputs(out, summary, records)
     return summary
-
-
-@contextmanager
-def _rollout_progress(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich bar counting rollouts (done/total, elapsed, ETA) on stderr, or nothing."""
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rollouts"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def rollout(

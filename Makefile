@@ -20,3 +20,4 @@ bench:  ## speed and memory, measured side by side as ratios (see docs/performan
 	.venv/bin/python benchmarks/bench_hooks.py --json benchmarks/results/hooks.json
 	.venv/bin/python benchmarks/bench_memory.py --json benchmarks/results/memory.json
 	.venv/bin/python benchmarks/bench_reextract.py --json benchmarks/results/reextract.json
+	.venv/bin/python benchmarks/bench_monitor.py --json benchmarks/results/monitor.json

@@ -137,6 +137,13 @@ def test_every_bundled_scenario_runs_and_its_page_shows_the_papers_numbers(lm, v
     blackmail = json.loads((tmp_path / "blackmail" / "result.json").read_text())
     assert blackmail["conditions"][0]["paper_rate"] == 0.72
     assert "72%" in (tmp_path / "blackmail" / "index.html").read_text()
+    # each study folder is also a section of the one-page report, paper's rate beside ours
+    from emovec.report import build_report, find_sections
+
+    titles = sorted(data["title"] for _, data in find_sections(tmp_path))
+    assert titles == [f"Case study: {n}" for n in ("blackmail", "reward hacking", "sycophancy")]
+    report = build_report(tmp_path).read_text()
+    assert "Case study: blackmail" in report and "72%" in report
 
 
 def _quick_study(rollouts: int) -> Study:

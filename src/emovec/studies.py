@@ -744,6 +744,34 @@ def summarise(
         "complete": all(c["n"] >= study.rollouts for c in conditions),
         "conditions": conditions,
         "reference": study.scenario.reference,
+    } | report_section(study, conditions)
+
+
+def report_section(study: Study, conditions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The keys that make a study folder a section of ``emovec report`` (result protocol)."""
+    from emovec.experiments.result import FORMAT
+
+    def pct(rate: float | None) -> str | None:
+        return None if rate is None else f"{100 * rate:.0f}%"
+
+    comparison = [
+        {
+            "measure": f"rate, {c['condition']}",
+            "ours": f"{pct(c['rate'])} (n={c['n']})" if c["n"] else None,
+            "study": pct(c["paper_rate"]),
+            "note": "95% CI {}-{}".format(*map(pct, c["ci95"])) if c["n"] else "",
+        }
+        for c in conditions
+    ]
+    return {
+        "format": FORMAT,
+        "name": f"study-{study.scenario.name}",
+        "title": f"Case study: {study.scenario.name.replace('_', ' ')}",
+        "summary": study.scenario.description,
+        "order": 80,
+        "comparison": comparison,
+        "figures": [{"file": "rate_vs_strength.png", "caption": "Rate by steering strength."}],
+        "tables": [],
     }
 
 

@@ -111,7 +111,11 @@ def main() -> None:
     v_tr, g_tr, c_tr = build(x_self[train], [labels[n] for n in train], len(emotions), x_neutral)
     missing = (c_tr == 0).nonzero().flatten()
     v_tr[missing] = 0  # emotions without training stories cannot win
-    heldout_self = accuracy(v_tr, g_tr, x_self[held], [labels[n] for n in held])
+    heldout_self = (
+        accuracy(v_tr, g_tr, x_self[held], [labels[n] for n in held])
+        if held
+        else {"top1": None, "top5": None, "n": 0, "why": "no emotion has two stories"}
+    )
 
     # Cross-corpus: one curated story per emotion (the first), and every self-written story.
     curated = load_corpus("curated")

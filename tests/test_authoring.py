@@ -167,6 +167,11 @@ def test_dialogues_parse_and_neutral_filter():
     turns[1]["content"] += " I am so happy to help."
     assert A.check_dialogue(turns, f) == "emotion_word"
     assert A.check_dialogue(A.parse_dialogue("Just some prose, no turns."), f) == "not_a_dialogue"
+    loose = A.parse_dialogue(
+        'Intro.\nThe person: "Where is the form?"\nThe AI assistant: "Online."'
+    )
+    assert loose == [{"role": "user", "content": "Where is the form?"},
+                     {"role": "assistant", "content": "Online."}]  # fmt: skip
     everyday = [
         {"role": "user", "content": "What kind of flour is safe to store for a year?"},
         {"role": "assistant", "content": "Whole wheat keeps six months; white a year."},

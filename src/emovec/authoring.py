@@ -193,7 +193,7 @@ _MARKER = re.compile(
 )
 _TITLE = re.compile(r"^\s*(?:title\s*:.*|#{1,6} .*|\*\*[^*\n]{1,80}\*\*)\s*$", re.IGNORECASE)
 _TURN = re.compile(
-    r"^\s*\**\s*(human|user|person|customer|assistant|ai|ai assistant)\s*\**\s*:\s*\**",
+    r"^\s*\**\s*(?:the\s+)?(human|user|person|customer|ai assistant|assistant|ai)\s*\**\s*:\s*\**",
     re.IGNORECASE | re.MULTILINE,
 )
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)]*(?=\s|$)")
@@ -246,7 +246,7 @@ def parse_dialogue(reply: str) -> list[dict[str, str]] | None:
             "user" if m.group(1).lower() in {"human", "user", "person", "customer"} else "assistant"
         )
         content = reply[m.end() : nxt.start() if nxt else len(reply)]
-        content = re.sub(r"\s+", " ", content.replace("**", "")).strip()
+        content = re.sub(r"\s+", " ", content.replace("**", "")).strip().strip('"“”')
         if not content:
             continue
         if turns and turns[-1]["role"] == role:

@@ -6,8 +6,8 @@ Requests are answered one at a time (one model, one lock); a request's ``seed`` 
 sampling reproducible.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the handlers' annotations at
+# definition time, and ``Request`` is imported inside ``create_app`` (fastapi is optional).
 import threading
 import time
 import uuid

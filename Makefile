@@ -10,7 +10,7 @@ test:   ## the whole test suite (real forward passes on the bundled model)
 	.venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/ruff check src tests benchmarks && .venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks scripts && .venv/bin/ruff format --check src tests benchmarks scripts
 
 bench:  ## speed and memory, measured side by side as ratios (see docs/performance.md)
 	.venv/bin/python -m pip install -q --no-deps steering-vectors==0.12.2

@@ -18,3 +18,13 @@ def test_importing_emovec_does_not_import_torch():
     code = "import sys, emovec; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+def test_python_dash_m_sees_every_command_group():
+    for module in ("emovec", "emovec.cli"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        for group in ("experiment", "study", "corpus", "monitor", "serve", "report"):
+            assert group in result.stdout, (module, group)

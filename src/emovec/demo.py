@@ -2,8 +2,8 @@
 
 Steps: build (or reuse) vectors with a hold-out split, plot held-out accuracy per layer, read a
 few texts, steer a few prompts, check that happy vs sad steering moves sentiment as judged
-by VADER, then run every experiment of :mod:`emovec.experiments` and write ``report.html``.
-Everything lands in one folder.
+by VADER, run every experiment of :mod:`emovec.experiments`, run the three behavioural case
+studies at smoke-test size, and write ``report.html``. Everything lands in one folder.
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ SAMPLE_TEXTS = [
     "Everyone stared at the stain on my shirt and I wished the floor would swallow me.",
 ]
 STEER_PROMPTS = ["Tell me about your morning.", "What do you think of the city you live in?"]
+#: Main-job case studies: each scenario unsteered and under the study's headline condition,
+#: a few short rollouts each (enough for a page per study; real rates need
+#: ``emovec study run --rollouts 50`` or more, ideally on a GPU).
+CASE_STUDIES: dict[str, tuple[str, float]] = {
+    "blackmail": ("desperate", 0.05),
+    "reward_hacking": ("desperate", 0.1),
+    "sycophancy": ("happy", 0.1),
+}
+CASE_ROLLOUTS, CASE_TOKENS = 2, 48
 STEER_CONDITIONS: dict[str, dict[str, float]] = {
     "none": {},
     "+happy": {"happy": 0.5},
@@ -94,12 +103,11 @@ def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVe
 def run_experiments(
     lm, vectors: EmotionVectors, out_dir: Path, console: Console, settings=None
 ) -> dict:
-    """Every experiment with the main job's settings (see ``AllSettings``), then the report.
+    """Every experiment with the main job's settings (see ``AllSettings``), each a result folder.
 
     The held-out accuracy also becomes a report section, through the same result protocol.
     """
     from emovec.experiments import AllSettings, Result, run_all
-    from emovec.report import build_report
 
     held = vectors.metrics["heldout"]
     i = held["layers"].index(vectors.default_layer)
@@ -122,19 +130,30 @@ def run_experiments(
     results = run_all(
         lm, vectors, out_dir / "experiments", settings or AllSettings(), log=console.print
     )
-    report = build_report(
-        out_dir,
-        context={
-            "model": vectors.model,
-            "vectors": str(out_dir / "vectors.safetensors"),
-            "default_layer": vectors.default_layer,
-        },
-    )
-    console.print(f"report: {report}")
     return {
         name: {"summary": r.summary, "seconds": r.settings.get("seconds")}
         for name, r in results.items()
     }
+
+
+def run_case_studies(lm, vectors: EmotionVectors, out_dir: Path, console: Console) -> dict:
+    """Each bundled scenario unsteered and under its headline condition (see CASE_STUDIES)."""
+    from emovec.studies import Condition, Study, load_scenario, run_study
+
+    rates = {}
+    for name, (emotion, strength) in CASE_STUDIES.items():
+        study = Study(
+            load_scenario(name),
+            [Condition(), Condition(emotion, strength)],
+            rollouts=CASE_ROLLOUTS,
+            max_new_tokens=CASE_TOKENS,
+        )
+        summary = run_study(lm, vectors, study, out_dir / "studies" / name)
+        rates[name] = {c["condition"]: [c["k"], c["n"]] for c in summary["conditions"]}
+        console.print(
+            f"case study {name}: " + ", ".join(f"{c}: {k}/{n}" for c, (k, n) in rates[name].items())
+        )
+    return rates
 
 
 def run_demo(
@@ -187,6 +206,18 @@ def run_demo(
     )
 
     experiments = run_experiments(lm, vectors, out_dir, console)
+    studies = run_case_studies(lm, vectors, out_dir, console)
+    from emovec.report import build_report
+
+    report = build_report(
+        out_dir,
+        context={
+            "model": vectors.model,
+            "vectors": str(out_dir / "vectors.safetensors"),
+            "default_layer": vectors.default_layer,
+        },
+    )
+    console.print(f"report: {report}")
 
     summary = {
         "model": vectors.model,
@@ -197,6 +228,7 @@ def run_demo(
         "steering_sentiment": check.mean_sentiment,
         "steering_p_value": check.p_value,
         "experiments": experiments,
+        "case_studies": studies,
         "report": str(out_dir / "report.html"),
         "seconds": round(time.time() - started, 1),
     }

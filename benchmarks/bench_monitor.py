@@ -4,8 +4,9 @@ Plain greedy generation of N tokens and the same generation under :class:`LiveMo
 (z-scores, alert rules, a JSONL trace, and the extra partial forward pass that scores the last
 token) alternate for many repetitions, so slow drifts of a shared machine hit both alike. The
 overhead is reported two ways: the ratio of medians, and the median of per-repetition ratios
-(each monitored run against the plain run just before it). The per-token pieces are also timed
-alone, which is far less noisy than end-to-end timing on a busy machine.
+(each monitored run against the plain run of the same repetition; the order rotates every
+repetition). The per-token pieces are also timed alone, which is far less noisy than
+end-to-end timing on a busy machine.
 
     python benchmarks/bench_monitor.py [--reps 12] [--tokens 32] [--json out.json]
 """
@@ -117,15 +118,18 @@ def main() -> None:
         for live in monitors.values():  # warm-up
             live.generate(PROMPT, max_new_tokens=4, trace=Path(tmp) / "warm.jsonl")
         for rep in range(args.reps):
-            start = time.perf_counter()
-            generate(lm, PROMPT, **kwargs)
-            times["plain"].append(time.perf_counter() - start)
-            for name, live in monitors.items():
-                trace = Path(tmp) / f"{rep}.jsonl"
+            # Rotate the order every repetition, so no contender always runs first.
+            order = ["plain", *monitors]
+            shift = rep % len(order)
+            for name in order[shift:] + order[:shift]:
                 start = time.perf_counter()
-                reply = live.generate(PROMPT, trace=trace, min_new_tokens=n, max_new_tokens=n)
+                if name == "plain":
+                    generate(lm, PROMPT, **kwargs)
+                else:
+                    trace = Path(tmp) / f"{rep}.jsonl"
+                    reply = monitors[name].generate(PROMPT, trace=trace, **kwargs)
+                    assert len(reply.pieces) == n, "every generated token is scored"
                 times[name].append(time.perf_counter() - start)
-                assert len(reply.pieces) == n, "every generated token is scored"
 
         components = component_costs(lm, monitors["6 emotions, 2 rules, trace"], tmp)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from emovec import catalog
+from emovec.files import write_atomic
 
 PROMPTS_VERSION = "v1"
 STORIES, NEUTRAL = "stories", "neutral"
@@ -647,15 +648,10 @@ def write_jsonl_atomic(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """:func:`emovec.files.write_atomic`, with a full disk explained in corpus terms."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise AuthoringError(
                 f"disk full while writing {path}: the generated replies are safe; "

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from emovec.corpus import load_corpus
 from emovec.extraction import extract
+from emovec.files import write_atomic
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.reading import read
 from emovec.steering import generate, steer
@@ -52,9 +53,7 @@ STEER_CONDITIONS: dict[str, dict[str, float]] = {
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def plot_heldout(metrics: dict[str, Any], default_layer: int, path: Path) -> None:

@@ -13,10 +13,8 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import queue
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from emovec import __version__
+from emovec.files import write_atomic
 from emovec.hooks import backbone, residual_hooks
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
@@ -184,7 +183,7 @@ class Baseline:
     def save(self, path: str | Path) -> Path:
         """Write as JSON atomically."""
         path = Path(path)
-        _atomic_write(path, json.dumps(self.to_dict(), indent=1))
+        write_atomic(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod
@@ -225,18 +224,6 @@ BASELINE_FORMAT = "emovec.baseline/1"
 #: Calibration tokens skipped at the start of each text: the first positions of a sequence
 #: carry huge, content-free activations that would widen every emotion's spread.
 SKIP_FIRST = 4
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def neutral_calibration_texts(lm: LanguageModel, limit: int = 64) -> list[str]:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from emovec.files import write_atomic
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
 from emovec.vectors import EmotionVectors
@@ -557,15 +558,6 @@ class Study:
         return present or list(vectors.emotions[:8])
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, "utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def load_rollouts(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Records of a rollouts file; a torn last line (a run killed mid-write) is dropped, and
     with ``repair`` cut from the file so that appending continues cleanly."""
@@ -627,7 +619,7 @@ def run_study(
                 f"{out} holds a study with other settings; use a new --out folder "
                 "(or delete that one) to start afresh"
             )
-    _atomic_write(settings_path, json.dumps({**settings, "rollouts": study.rollouts}, indent=1))
+    write_atomic(settings_path, json.dumps({**settings, "rollouts": study.rollouts}, indent=1))
     path = out / "rollouts.jsonl"
     records = load_rollouts(path, repair=True)
     done = {(r["condition"], r["index"]) for r in records}
@@ -874,10 +866,10 @@ def plot_rates(summary: dict[str, Any], path: Path) -> Path:
 
 def write_outputs(out: Path, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> None:
     """result.json, the rate plot and index.html, each written atomically."""
-    _atomic_write(out / "result.json", json.dumps(summary, indent=1))
+    write_atomic(out / "result.json", json.dumps(summary, indent=1))
     tmp = plot_rates(summary, out / ".rate_vs_strength.tmp.png")
     os.replace(tmp, out / "rate_vs_strength.png")
-    _atomic_write(out / "index.html", render_page(summary, records, out))
+    write_atomic(out / "index.html", render_page(summary, records, out))
 
 
 def _img(path: Path) -> str:
@@ -1023,7 +1015,7 @@ def run_trajectory(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "trajectory.json", json.dumps(result, indent=1))
+        write_atomic(out / "trajectory.json", json.dumps(result, indent=1))
         tmp = plot_trajectory(result, out / ".trajectory.tmp.png")
         os.replace(tmp, out / "trajectory.png")
     return result

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from emovec.files import write_atomic
 
 FORMAT = "emovec.result/1"
 
@@ -43,12 +44,7 @@ def _plain(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (a crash never leaves half a file under ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(_plain(data), f, indent=1, ensure_ascii=False)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(_plain(data), indent=1, ensure_ascii=False))
 
 
 @dataclass

@@ -1,14 +1,24 @@
 """What live monitoring adds to generation time, measured in the same run as plain generation.
 
 Plain greedy generation of N tokens and the same generation under :class:`LiveMonitor`
-(z-scores, alert rules, a JSONL trace, and the extra partial forward pass that scores the last
-token) alternate for many repetitions, so slow drifts of a shared machine hit both alike. The
-overhead is reported two ways: the ratio of medians, and the median of per-repetition ratios
-(each monitored run against the plain run of the same repetition; the order rotates every
-repetition). The per-token pieces are also timed alone, which is far less noisy than
-end-to-end timing on a busy machine.
+(z-scores, alert rules, a JSONL trace, and the extra partial forward pass that scores the
+last token of a reply cut by the token limit) alternate for many repetitions, so slow drifts
+of a shared machine hit both alike. The end-to-end overhead is reported as the ratio of
+medians, the median of per-repetition ratios (each monitored run against the plain run of
+the same repetition; the order rotates every repetition) with a bootstrap interval of their
+mean, and the ratio of minima. Runs here vary by 5-10%, so end to end cannot resolve 1-2%.
 
-    python benchmarks/bench_monitor.py [--reps 12] [--tokens 32] [--json out.json]
+Three more views, each free of the machine's slow drifts because it compares within one run:
+
+- **self-timed share**: every monitored reply times its own monitoring work in place
+  (``MonitoredReply.monitor_seconds``: scoring hooks, per-token work, the last token's pass,
+  set-up and trace) against the whole call (``seconds``);
+- **alternating steps**: in one generation the scoring runs on every other decode step only,
+  and scored steps are compared with their unscored neighbours 70 ms apart, which also
+  catches indirect costs (caches, threads) that timing the monitor's own code cannot see;
+- **components**: each piece timed alone.
+
+    python benchmarks/bench_monitor.py [--reps 16] [--tokens 64] [--json out.json]
 """
 
 from __future__ import annotations
@@ -93,11 +103,61 @@ def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
     return costs
 
 
+def bootstrap_ci(ratios: np.ndarray, draws: int = 10_000) -> tuple[float, float]:
+    """95% interval of the mean of per-repetition ratios (resampling repetitions)."""
+    rng = np.random.default_rng(0)
+    means = rng.choice(ratios, size=(draws, len(ratios))).mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[str, float]:
+    """Cost of scoring one decode step, from scored and unscored steps of the same generations.
+
+    The scoring hook (and so the per-token work that follows it) runs on every other decode
+    step; a pre-forward hook stamps each step. Which parity is scored alternates per run.
+    """
+    from emovec.monitor import Monitor
+
+    original = Monitor._hook
+    calls = {"n": 0, "phase": 0}
+
+    def every_other(self, layer, hidden, offset):
+        calls["n"] += 1
+        if hidden.shape[1] > 1 or calls["n"] % 2 == calls["phase"]:
+            return original(self, layer, hidden, offset)
+        return None
+
+    stamps: list[float] = []
+    handle = live.lm.model.register_forward_pre_hook(lambda *_: stamps.append(time.perf_counter()))
+    scored, unscored = [], []
+    Monitor._hook = every_other
+    try:
+        for run in range(runs):
+            calls.update(n=0, phase=run % 2)
+            stamps.clear()
+            live.generate(PROMPT, max_new_tokens=n, min_new_tokens=n, trace=Path(tmp) / "a.jsonl")
+            steps = np.diff(stamps)  # steps[i]: forward pass i, sampling, stopping criteria
+            for i in range(1, len(steps)):  # 0 is the prefill; pass i is hook call i + 1
+                (scored if (i + 1) % 2 == calls["phase"] else unscored).append(steps[i])
+    finally:
+        Monitor._hook = original
+        handle.remove()
+    on, off = np.array(scored), np.array(unscored)
+    return {
+        "scored_step_ms_median": float(np.median(on) * 1e3),
+        "unscored_step_ms_median": float(np.median(off) * 1e3),
+        "per_step_overhead_medians": float(np.median(on) / np.median(off) - 1),
+        "per_step_overhead_means": float(on.mean() / off.mean() - 1),
+        "steps_each": len(on),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=12)
-    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--vectors", default=None, help="a vector file (default: random, layer 20)")
+    parser.add_argument("--alt-runs", type=int, default=8, help="runs for alternating steps")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -113,6 +173,7 @@ def main() -> None:
     n = args.tokens
     kwargs = {"max_new_tokens": n, "min_new_tokens": n}
     times: dict[str, list[float]] = {"plain": [], **{k: [] for k in monitors}}
+    shares: dict[str, list[float]] = {k: [] for k in monitors}
     generate(lm, PROMPT, max_new_tokens=4)  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
         for live in monitors.values():  # warm-up
@@ -129,9 +190,11 @@ def main() -> None:
                     trace = Path(tmp) / f"{rep}.jsonl"
                     reply = monitors[name].generate(PROMPT, trace=trace, **kwargs)
                     assert len(reply.pieces) == n, "every generated token is scored"
+                    shares[name].append(reply.monitor_seconds / reply.seconds)
                 times[name].append(time.perf_counter() - start)
 
         components = component_costs(lm, monitors["6 emotions, 2 rules, trace"], tmp)
+        steps = alternating_steps(monitors["6 emotions, 2 rules, trace"], n, args.alt_runs, tmp)
 
     plain = np.array(times["plain"])
     result = {
@@ -149,16 +212,21 @@ def main() -> None:
         ratio_of_medians = float(np.median(runs) / np.median(plain))
         paired = float(np.median(runs / plain))
         ratio_of_mins = float(runs.min() / plain.min())
+        low, high = bootstrap_ci(runs / plain)
+        share = float(np.median(shares[name]))
         result["monitored"][name] = {
             "s_median": round(float(np.median(runs)), 4),
             "overhead_ratio_of_medians": round(ratio_of_medians - 1, 4),
             "overhead_median_paired": round(paired - 1, 4),
+            "overhead_mean_paired_ci95": [round(low - 1, 4), round(high - 1, 4)],
             "overhead_ratio_of_minima": round(ratio_of_mins - 1, 4),
+            "self_timed_share_median": round(share, 4),
         }
         print(
             f"monitored ({name}): median {np.median(runs):.3f} s; overhead "
-            f"{ratio_of_medians - 1:+.1%} (medians), {paired - 1:+.1%} (paired), "
-            f"{ratio_of_mins - 1:+.1%} (minima)"
+            f"{ratio_of_medians - 1:+.1%} (medians), {paired - 1:+.1%} (paired; mean's 95% CI "
+            f"{low - 1:+.1%} to {high - 1:+.1%}), {ratio_of_mins - 1:+.1%} (minima); "
+            f"self-timed monitoring share {share:.2%}"
         )
     step = float(np.median(plain)) / n
     per_token = (components["hook_us"] + components["per_token_work_us"]) * 1e-6
@@ -170,6 +238,14 @@ def main() -> None:
         f"{components['per_token_work_us']:.1f} us/token, last-token pass "
         f"{components['last_token_pass_share_of_forward']:.2f} of a forward; "
         f"predicted overhead for {n} tokens: {predicted:+.2%}"
+    )
+    result["alternating_steps"] = {k: round(v, 4) for k, v in steps.items()}
+    print(
+        f"alternating steps ({steps['steps_each']} each): scored "
+        f"{steps['scored_step_ms_median']:.2f} ms vs unscored "
+        f"{steps['unscored_step_ms_median']:.2f} ms per step: "
+        f"{steps['per_step_overhead_medians']:+.2%} (medians), "
+        f"{steps['per_step_overhead_means']:+.2%} (means)"
     )
     spread = statistics.pstdev(times["plain"]) / statistics.mean(times["plain"])
     result["plain_relative_spread"] = round(spread, 4)

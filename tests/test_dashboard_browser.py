@@ -112,10 +112,15 @@ def test_alert_firings_and_trace_replay(page, tmp_path):
     page.locator(".steer-row input[type=range]").first.fill("0")
     rule = page.locator(".rule-row").first
     rule.locator("select").first.select_option("afraid")
-    rule.locator("input").fill("3")
+    rule.locator("input").first.fill("3")
+    assert not rule.locator(".counter-steer").is_visible()  # only for a steer action
+    rule.locator(".rule-action").select_option("steer")
+    rule.locator(".counter-emotion").select_option("happy")
+    rule.locator(".counter-strength").fill("0.5")
     send(page, "Write one sentence about being terrified in a dark alley at night.", 4)
     assert page.locator("#alert-log li").count() >= 1
-    assert "afraid level 3" in page.inner_text("#alert-log")
+    log = page.inner_text("#alert-log")
+    assert "afraid level 3" in log and "steer happy +0.5" in log  # the user's counter-steer
     page.click("#refresh-traces")
     page.locator("#trace-list").select_option(index=0)
     page.click("#replay")

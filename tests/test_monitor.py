@@ -12,6 +12,7 @@ from emovec.monitor import (
     LiveMonitor,
     Monitor,
     MonitorError,
+    TraceWriter,
     _RuleTracker,
     calibrate,
     hidden_spans,
@@ -141,6 +142,25 @@ def test_trace_round_trip(fear_and_neutral):
     bad.write_text(trace.read_text().splitlines()[0] + "\n{not json\n")
     with pytest.raises(MonitorError, match="line 2"):
         read_trace(bad)
+    # Every reply reports its own cost, timed in place: a positive share of the whole call.
+    for reply in replies:
+        assert 0 < reply.monitor_seconds < reply.seconds
+        assert loaded.replies[reply.row]["monitor_seconds"] == round(reply.monitor_seconds, 4)
+
+
+def test_trace_writer_flushes_headers_at_once_and_tokens_by_time(tmp_path):
+    path = tmp_path / "t.jsonl"
+    lazy = TraceWriter(path, {"model": "m"}, flush_every_s=3600)
+    lazy.write({"type": "token", "row": 0})
+    lazy.write({"type": "token", "row": 0})
+    assert len(path.read_text().splitlines()) == 1  # the header only, until a flush is due
+    lazy.write({"type": "reply", "row": 0})
+    assert len(path.read_text().splitlines()) == 4  # a reply record flushes what came before
+    lazy.close()
+    eager = TraceWriter(path, {"model": "m"}, flush_every_s=0)
+    eager.write({"type": "token", "row": 0})
+    assert len(path.read_text().splitlines()) == 2
+    eager.close()
 
 
 def test_hidden_state_flag_on_real_reply_and_by_text(fear_and_neutral):

@@ -160,6 +160,30 @@ def test_vector_file_for_another_model_is_refused(server, vectors, data_dir):
         assert ask(ws, {**GENERATE, "max_new_tokens": 2})[-1]["type"] == "done"
 
 
+def test_switching_to_another_vector_file_of_this_model(server, vectors, data_dir):
+    dashboard = server.dashboard
+    before = dashboard.vectors, dashboard.baseline, dashboard.vectors_name, dashboard.calibration
+    shallower = replace(vectors, default_layer=vectors.default_layer - 4)
+    shallower.save(data_dir / "shallower.safetensors")
+    dashboard.calibration = {"limit": 2, "max_tokens": 48}  # a quick new baseline
+    try:
+        switched = httpx.post(
+            server.url + "/api/vectors", json={"file": "shallower.safetensors"}, timeout=300
+        )
+        assert switched.status_code == 200, switched.text
+        info = httpx.get(server.url + "/api/info").json()
+        assert info["vectors"] == "shallower.safetensors"
+        assert info["layer"] == vectors.default_layer - 4
+        assert dashboard.baseline.layer == vectors.default_layer - 4  # recalibrated there
+        with ws_client.connect(socket_url(server)) as ws:
+            answers = ask(ws, {**GENERATE, "max_new_tokens": 2})
+        assert answers[-1]["type"] == "done"
+        assert [a for a in answers if a["type"] == "token"]
+    finally:
+        dashboard.vectors, dashboard.baseline, dashboard.vectors_name = before[:3]
+        dashboard.calibration = before[3]
+
+
 def test_serve_command_reports_a_bad_vector_file(tmp_path):
     from typer.testing import CliRunner
 

@@ -16,6 +16,7 @@ import math
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -47,6 +48,8 @@ class Monitor:
     center: bool = True
     callback: ScoreCallback | None = None
     chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    #: wall time spent inside the scoring hook so far (the monitor's own cost)
+    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.vectors.check_model(self.lm)
@@ -64,6 +67,7 @@ class Monitor:
 
     def _hook(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
         # The same cosine as reading.cosine_scores, kept lean: this runs on every decode step.
+        start = time.perf_counter()
         # On CPU, numpy's small-matrix path costs about half of torch's per-op dispatch.
         if self._numpy is not None:
             mean, directions_t = self._numpy
@@ -78,6 +82,7 @@ class Monitor:
         self.chunks.append((offset, scores))
         if self.callback is not None:
             self.callback(offset, scores)
+        self.seconds += time.perf_counter() - start
 
     @contextmanager
     def watching(self) -> Iterator[Monitor]:
@@ -459,6 +464,7 @@ class Alert:
             "fired_at": self.fired_at,
             "peak_z": round(self.peak_z, 4),
             "action": self.action,
+            "steer": dict(self.rule.steer) if self.action == "steer" else {},
         }
 
 
@@ -638,6 +644,11 @@ def hidden_spans(
 # --------------------------------------------------------------------------------------------
 
 
+def _rounded(values: np.ndarray, digits: int) -> list[float]:
+    """Python floats with short JSON forms; one vectorised call, as it runs for every token."""
+    return np.round(values.astype(np.float64), digits).tolist()
+
+
 @dataclass
 class TokenEvent:
     """One reply token, delivered as soon as its scores exist."""
@@ -668,8 +679,8 @@ class TokenEvent:
             "position": self.position,
             "token_id": self.token_id,
             "piece": self.piece,
-            "raw": {e: round(float(v), 5) for e, v in zip(self.emotions, self.raw, strict=True)},
-            "z": {e: round(float(v), 3) for e, v in zip(self.emotions, self.z, strict=True)},
+            "raw": dict(zip(self.emotions, _rounded(self.raw, 5), strict=True)),
+            "z": dict(zip(self.emotions, _rounded(self.z, 3), strict=True)),
             "alerts": [a.rule.name for a in self.fired],
             "active": self.active,
         }
@@ -691,6 +702,10 @@ class MonitoredReply:
     hidden: list[HiddenSpan]
     stopped_by: str
     steering: dict[str, float] = field(default_factory=dict)
+    #: wall time of the whole ``generate`` call, and the part of it that was monitoring work
+    #: (scoring hooks, per-token work, the last token's pass, set-up and trace), timed in place
+    seconds: float = 0.0
+    monitor_seconds: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -701,6 +716,8 @@ class MonitoredReply:
             "n_tokens": len(self.pieces),
             "stopped_by": self.stopped_by,
             "steering": self.steering,
+            "seconds": round(self.seconds, 4),
+            "monitor_seconds": round(self.monitor_seconds, 4),
             "alerts": [a.to_dict() for a in self.alerts],
             "hidden": [h.to_dict() for h in self.hidden],
         }
@@ -723,17 +740,28 @@ class _Row:
 
 
 class TraceWriter:
-    """Appends one JSON line per record and flushes, so a crash keeps what was written."""
+    """Appends one JSON line per record; a crash loses at most ``flush_every_s`` of records.
 
-    def __init__(self, path: str | Path, meta: Mapping[str, Any]) -> None:
+    Flushing every token cost more than all other per-token work together, so token records
+    are flushed at most every ``flush_every_s`` seconds; header and reply records at once.
+    """
+
+    def __init__(
+        self, path: str | Path, meta: Mapping[str, Any], flush_every_s: float = 0.5
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.flush_every_s = flush_every_s
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._flushed = 0.0
         self.write({"type": "meta", **meta})
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        now = time.monotonic()
+        if record.get("type") != "token" or now - self._flushed >= self.flush_every_s:
+            self._file.flush()
+            self._flushed = now
 
     def close(self) -> None:
         self._file.close()
@@ -798,8 +826,10 @@ class _Watch:
         self.latest: tuple[int, np.ndarray] | None = None
         self.steer_active = torch.zeros(len(rows))
         self.eos = set(live.eos_ids)
+        self.seconds = 0.0  # time spent here: per-token work of the monitor
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **_: Any) -> torch.Tensor:
+        start = time.perf_counter()
         stop = torch.zeros(len(self.rows), dtype=torch.bool)
         if self.latest is not None and self.latest[0] >= self.width:
             offset, chunk = self.latest
@@ -814,6 +844,7 @@ class _Watch:
                 if not state.done:
                     state.done, state.stopped_by = True, "cancel"
             stop[:] = True
+        self.seconds += time.perf_counter() - start
         return stop
 
 
@@ -950,6 +981,7 @@ class LiveMonitor:
 
         from emovec.steering import steer as steering_ctx
 
+        started = time.perf_counter()
         single = isinstance(prompts, str)
         batch = [prompts] if single else list(prompts)
         if not batch or any(not p or not p.strip() for p in batch):
@@ -965,6 +997,7 @@ class LiveMonitor:
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
         finally:
             tok.padding_side = old_side
+        setup_start = time.perf_counter()  # what came before, plain generation does too
         width = enc["input_ids"].shape[1]
         column = {e: i for i, e in enumerate(self.emotions)}
         rows = [
@@ -1014,6 +1047,7 @@ class LiveMonitor:
                 residual_hooks(self.lm.layers, edits, edits=True),
                 monitor.watching(),
             ):
+                generation_start = time.perf_counter()
                 out = self.lm.model.generate(
                     **inputs,
                     max_new_tokens=max_new_tokens,
@@ -1023,8 +1057,18 @@ class LiveMonitor:
                     **sampling,
                     **generate_kwargs,
                 )
+                generation_end = time.perf_counter()
                 self._score_last(out, inputs, rows, watch)
             replies = [self._finish(state, steering) for state in rows]
+            ended = time.perf_counter()
+            monitor_seconds = (
+                (generation_start - setup_start)
+                + monitor.seconds
+                + watch.seconds
+                + (ended - generation_end)
+            )
+            for reply in replies:
+                reply.seconds, reply.monitor_seconds = ended - started, monitor_seconds
             if writer is not None:
                 for reply in replies:
                     writer.write(reply.to_record())

@@ -60,13 +60,22 @@ function addRuleRow(emotion, kind = "level", threshold = 3, action = "") {
   for (const k of state.info.rule_kinds) kindSel.append(el("option", { value: k, text: k }));
   kindSel.value = kind;
   const thr = el("input", { type: "number", step: "0.5", value: String(threshold), title: "z threshold" });
-  const act = el("select");
-  for (const [v, t] of [["", "record"], ["stop", "stop"], ["steer", "+calm 0.3"]]) {
+  const act = el("select", { class: "rule-action" });
+  for (const [v, t] of [["", "record"], ["stop", "stop"], ["steer", "counter-steer"]]) {
     act.append(el("option", { value: v, text: t }));
   }
   act.value = action;
+  // The counter-steer a "steer" action applies from the token after the firing.
+  const counterEmotion = emotionSelect(state.info.emotions.includes("calm") ? "calm" : state.info.emotions[0]);
+  counterEmotion.classList.add("counter-emotion");
+  const counterStrength = el("input", { type: "number", step: "0.05", value: "0.3",
+    class: "counter-strength", title: "counter-steer strength" });
+  const counter = el("span", { class: "counter-steer" }, "+", counterEmotion, counterStrength);
+  const showCounter = () => { counter.hidden = act.value !== "steer"; };
+  act.addEventListener("change", showCounter);
+  showCounter();
   const remove = el("button", { type: "button", text: "×", title: "remove" });
-  const row = el("div", { class: "rule-row" }, emotionSelect(emotion), kindSel, thr, act, remove);
+  const row = el("div", { class: "rule-row" }, emotionSelect(emotion), kindSel, thr, act, counter, remove);
   remove.addEventListener("click", () => row.remove());
   $("rule-rows").append(row);
 }
@@ -86,10 +95,14 @@ function steering() {
 
 function rules() {
   return [...document.querySelectorAll(".rule-row")].map((row) => {
-    const [emotion, kind, action] = row.querySelectorAll("select");
+    const [emotion, kind] = row.querySelectorAll("select");
+    const action = row.querySelector(".rule-action").value || null;
     const rule = { emotion: emotion.value, kind: kind.value,
-      threshold: Number(row.querySelector("input").value), window: 6, action: action.value || null };
-    if (rule.action === "steer") rule.steer = { calm: 0.3 };
+      threshold: Number(row.querySelector("input").value), window: 6, action };
+    if (action === "steer") {
+      rule.steer = { [row.querySelector(".counter-emotion").value]:
+        Number(row.querySelector(".counter-strength").value) };
+    }
     return rule;
   });
 }
@@ -176,7 +189,13 @@ function finishReply(reply, record) {
 
 function logAlert(alert, label) {
   $("alert-log").append(el("li", { class: "alert",
-    text: `${label}: ${alert.rule} at token ${alert.fired_at} (z ${alert.peak_z.toFixed(2)})` + (alert.action ? ` → ${alert.action}` : "") }));
+    text: `${label}: ${alert.rule} at token ${alert.fired_at} (z ${alert.peak_z.toFixed(2)})` +
+      (alert.action ? ` → ${alert.action}` : "") + counterSteerText(alert.steer) }));
+}
+
+function counterSteerText(steer) {
+  const parts = Object.entries(steer || {}).map(([e, s]) => ` ${e} ${s >= 0 ? "+" : ""}${s}`);
+  return parts.join(",");
 }
 
 function showError(text) {

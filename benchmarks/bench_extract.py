@@ -4,8 +4,11 @@ Every contender computes the same thing: for each text, the mean residual stream
 from the 50th on, at the chosen layers. Contenders:
 
 - ``floor``: a bare forward pass of the backbone (no LM head, no hooks) stopping after the
-  deepest requested layer, over exactly the batches emovec uses;
-- ``emovec``: :class:`emovec.extraction.PooledPass`;
+  deepest requested layer, over exactly the batches emovec uses, one batch at a time with
+  all of torch's threads (how every peer runs);
+- ``floor, N workers``: the same bare passes, N batches side by side with the threads split
+  between them (what emovec's scheduling does, without any of its pooling work);
+- ``emovec``: :class:`emovec.extraction.PooledPass` with its default workers;
 - ``output_hidden_states``: transformers' full forward with all hidden states, the usual way;
 - ``steering-vectors`` and ``emotion-probes`` (PyPI peers, when installed with ``--no-deps``):
   their activation recording hooks around a full forward, then the same pooling.
@@ -14,7 +17,7 @@ Rounds are interleaved and the median is reported, so drift in machine load hits
 contender alike. Correctness is the relative error of each contender's means against an
 unbatched (batch size 1) reference.
 
-    python benchmarks/bench_extract.py [--stories 48] [--rounds 3] [--batch-size 16]
+    python benchmarks/bench_extract.py [--stories 48] [--rounds 3] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -27,16 +30,18 @@ import time
 from collections.abc import Callable
 
 import torch
+from floor import floor_pass
 
 from emovec.corpus import load_corpus
 from emovec.extraction import (
     ExtractionSettings,
     PooledPass,
     _batches,
+    default_batch_size,
+    default_workers,
     pooling_weights,
     right_padded,
 )
-from emovec.hooks import run_to_layer
 from emovec.models import load_model
 
 START = 50
@@ -59,10 +64,14 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def make_contenders(lm, ids, layers, batch_size) -> dict[str, Callable[[], torch.Tensor | None]]:
     n, d = len(ids), lm.d_model
 
+    workers = default_workers(lm)
+    deepest = max(layers)
+
     def floor():
-        with torch.no_grad():
-            for _, input_ids, mask in padded_batches(lm, ids, batch_size):
-                run_to_layer(lm.model, max(layers), input_ids=input_ids, attention_mask=mask)
+        floor_pass(lm, ids, batch_size, deepest)
+
+    def floor_workers():
+        floor_pass(lm, ids, batch_size, deepest, workers)
 
     def emovec_pass():
         out = torch.empty(n, len(layers), d)
@@ -82,7 +91,10 @@ def make_contenders(lm, ids, layers, batch_size) -> dict[str, Callable[[], torch
                     out[batch, j] = pool(hs[layer + 1], mask)
         return out
 
-    contenders = {"floor": floor, "emovec": emovec_pass, "output_hidden_states": hidden_states}
+    contenders = {"floor": floor}
+    if workers > 1:
+        contenders[f"floor, {workers} workers"] = floor_workers
+    contenders |= {"emovec": emovec_pass, "output_hidden_states": hidden_states}
 
     if importlib.util.find_spec("steering_vectors"):
         from steering_vectors import record_activations
@@ -134,11 +146,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stories", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="every contender's (default: emovec's)"
+    )
     parser.add_argument("--json", default=None, help="Also write results to this file.")
     args = parser.parse_args()
 
     lm = load_model()
+    args.batch_size = args.batch_size or default_batch_size(lm)
     stories = load_corpus("curated").stories
     step = max(1, len(stories) // args.stories)
     texts = [s["text"] for s in stories[::step][: args.stories]]
@@ -183,7 +198,8 @@ def main() -> None:
         }
     header = (
         f"model {lm.name}, {len(texts)} stories, {tokens} tokens, batch {args.batch_size}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, emovec workers "
+        f"{default_workers(lm)}, "
         f"{args.rounds} interleaved rounds (median)"
     )
     print(header)

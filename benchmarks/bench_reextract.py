@@ -11,8 +11,8 @@ of running the model. Measured side by side on the same stories, rounds interlea
 - ``warm``: ``extract`` with other settings (``neutral_variance=0``) from a full cache.
 
 Part 2 (threads). The same floor pass at each torch intra-op thread count up to the cores
-present, and at several batch sizes, to justify the defaults (torch's default threads,
-batch 16).
+present, one batch at a time or as that many single-threaded workers side by side, at
+several batch sizes, to justify the defaults (two workers, batch 4 on a CPU).
 
     python benchmarks/bench_reextract.py [--stories 48] [--rounds 3] [--json out.json]
 """
@@ -28,20 +28,11 @@ import tempfile
 import time
 
 import torch
+from floor import floor_pass
 
 from emovec.corpus import Corpus, load_corpus
-from emovec.extraction import _batches, extract, right_padded
-from emovec.hooks import run_to_layer
+from emovec.extraction import extract
 from emovec.models import load_model
-
-
-def floor_pass(lm, ids, batch_size: int) -> None:
-    """A bare forward through every decoder block over emovec's own batches."""
-    pad = lm.tokenizer.pad_token_id
-    with torch.no_grad():
-        for batch in _batches([len(x) for x in ids], batch_size):
-            input_ids, mask = right_padded([ids[i] for i in batch], pad)
-            run_to_layer(lm.model, lm.n_layers - 1, input_ids=input_ids, attention_mask=mask)
 
 
 def timed(fn) -> float:
@@ -59,7 +50,7 @@ def cache_study(lm, corpus: Corpus, rounds: int) -> dict:
     for _ in range(rounds):
         folder = tempfile.mkdtemp(prefix="emovec-bench-cache-")
         try:
-            times["floor"].append(timed(lambda: floor_pass(lm, ids, 16)))
+            times["floor"].append(timed(lambda: floor_pass(lm, ids, 4, lm.n_layers - 1)))
             times["cold"].append(timed(lambda f=folder: extract(lm, corpus, cache=f)))
             times["warm"].append(
                 timed(lambda f=folder: extract(lm, corpus, cache=f, neutral_variance=0.0))
@@ -81,21 +72,34 @@ def thread_study(lm, corpus: Corpus, rounds: int) -> dict:
     tokens = sum(map(len, ids))
     before = torch.get_num_threads()
     threads = sorted({1, *range(2, (os.cpu_count() or 1) + 1)})
+    # (threads, workers): one batch at a time with n threads, or n single-threaded workers
+    plans = [(n, 1) for n in threads] + [(n, n) for n in threads if n > 1]
     results = []
     try:
         for _ in range(rounds):
-            for n in threads:
+            for n, workers in plans:
                 torch.set_num_threads(n)
-                for batch_size in (4, 16, 32):
-                    seconds = timed(lambda b=batch_size: floor_pass(lm, ids, b))
-                    results.append((n, batch_size, seconds))
+                for batch_size in (4, 8, 16, 32):
+                    seconds = timed(
+                        lambda b=batch_size, w=workers: floor_pass(lm, ids, b, lm.n_layers - 1, w)
+                    )
+                    results.append((n, workers, batch_size, seconds))
     finally:
         torch.set_num_threads(before)
     rows = []
-    for n in threads:
-        for batch_size in (4, 16, 32):
-            secs = statistics.median(s for t, b, s in results if t == n and b == batch_size)
-            rows.append({"threads": n, "batch_size": batch_size, "tokens_per_s": tokens / secs})
+    for n, workers in plans:
+        for batch_size in (4, 8, 16, 32):
+            secs = statistics.median(
+                s for t, w, b, s in results if (t, w, b) == (n, workers, batch_size)
+            )
+            rows.append(
+                {
+                    "threads": n,
+                    "workers": workers,
+                    "batch_size": batch_size,
+                    "tokens_per_s": tokens / secs,
+                }
+            )
     return {"tokens": tokens, "default_threads": before, "rows": rows}
 
 
@@ -120,7 +124,10 @@ def main() -> None:
     print(f"floor pass by threads and batch size (torch default: {threads['default_threads']}):")
     for row in threads["rows"]:
         rate = row["tokens_per_s"]
-        print(f"  threads {row['threads']}  batch {row['batch_size']:3d}  {rate:8.1f} tok/s")
+        print(
+            f"  threads {row['threads']}  workers {row['workers']}  batch {row['batch_size']:3d}"
+            f"  {rate:8.1f} tok/s"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cache": cache, "threads": threads}, f, indent=2)

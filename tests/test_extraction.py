@@ -5,6 +5,7 @@ import torch
 from emovec.corpus import Corpus
 from emovec.extraction import (
     ExtractionSettings,
+    PooledPass,
     extract,
     finish_vectors,
     neutral_components,
@@ -48,6 +49,35 @@ def test_batching_and_padding_do_not_change_the_means(lm):
         many = pooled_activations(lm, texts, [5, 15], ExtractionSettings(batch_size=size))
         rel = (one - many).norm(dim=-1) / one.norm(dim=-1)
         assert float(rel.max()) <= 1e-5, size
+
+
+def test_parallel_workers_give_the_same_means_in_order_and_leave_nothing_behind(lm):
+    texts = TEXTS + ["Another line, of middling length, about the harbour at dawn. " * 2]
+    settings = ExtractionSettings(batch_size=1)
+    single = PooledPass(lm, [5, 15], settings, workers=1)
+    expected = list(single.run(single.tokenize(texts)))
+    threads = torch.get_num_threads()
+    hooks_before = [len(layer._forward_hooks) for layer in lm.layers]
+    double = PooledPass(lm, [5, 15], settings, workers=2)
+    got = []
+    for batch, pooled in double.run(double.tokenize(texts)):
+        got.append((batch, pooled))
+        # The consumer may use the model between batches: the pass's hooks leave it alone.
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([lm.encode("A quiet street.")])).logits
+        assert logits.shape[1] == len(lm.encode("A quiet street."))
+    assert [b for b, _ in got] == [b for b, _ in expected]  # same batches, same order
+    for (_, a), (_, b) in zip(got, expected, strict=True):
+        assert float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max()) <= 1e-5
+    torch.testing.assert_close(double.mean_norm, single.mean_norm)
+    assert double.tokens == single.tokens
+    assert torch.get_num_threads() == threads
+    assert [len(layer._forward_hooks) for layer in lm.layers] == hooks_before
+    stopped = PooledPass(lm, [5, 15], settings, workers=2).run(double.tokenize(texts))
+    next(stopped)
+    stopped.close()  # a consumer that stops early: threads and hooks are restored at once
+    assert torch.get_num_threads() == threads
+    assert [len(layer._forward_hooks) for layer in lm.layers] == hooks_before
 
 
 def test_neutral_components_explain_the_requested_variance():

@@ -167,7 +167,9 @@ def extract(
     neutral_variance: Annotated[
         float, typer.Option(help="Variance share of neutral PCs removed; 0 = off.")
     ] = 0.5,
-    batch_size: Annotated[int, typer.Option()] = 16,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Texts per forward pass [default: 4 on CPU, 32 on GPU].")
+    ] = None,
     holdout_every: Annotated[
         int, typer.Option(help="Hold out every k-th story per emotion to pick the layer.")
     ] = 0,

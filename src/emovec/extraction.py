@@ -23,15 +23,19 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from emovec.activation_cache import PooledCache, text_key
 from emovec.corpus import CURATED, Corpus, load_corpus
-from emovec.hooks import residual_hooks, run_to_layer
+from emovec.hooks import StopForward, backbone, residual_hooks
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
@@ -42,7 +46,8 @@ class ExtractionSettings:
 
     start_token: int = 50
     neutral_variance: float = 0.5
-    batch_size: int = 16
+    #: texts per forward pass; None = :func:`default_batch_size` (results do not depend on it)
+    batch_size: int | None = None
     max_tokens: int = 512
     layers: list[int] | None = None
     holdout_every: int = 0
@@ -101,24 +106,42 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def _pooling_hook(rows, weights, counted, pooled, norm_sums):
-    """A capture hook that writes one batch's pooled means and residual-norm sums."""
+def default_batch_size(lm: LanguageModel) -> int:
+    """Small batches on a CPU, where two workers each run one (fastest here: 4, measured in
+    docs/performance.md; larger batches outgrow the caches); large ones on a GPU."""
+    return 4 if lm.device.type == "cpu" else 32
 
-    def capture(layer: int, hidden: torch.Tensor, _offset: int) -> None:
-        row = rows[layer]
-        pooled[row] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).float().cpu()
-        norm_sums[row] = (hidden.norm(dim=-1) * counted).double().sum(dim=1).cpu()
 
-    return capture
+def default_workers(lm: LanguageModel) -> int:
+    """Batches run side by side on a CPU: two workers with half the threads each.
+
+    Small models leave a two-threaded matrix product waiting on synchronisation; two
+    single-threaded passes over different batches ran ~20% faster than one two-threaded pass
+    on 2 cores (docs/performance.md). A GPU runs one batch at a time.
+    """
+    return 2 if lm.device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+
+
+@contextmanager
+def _threads_per_worker(workers: int) -> Iterator[None]:
+    """Split torch's intra-op threads between the workers for the duration of a pass."""
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(max(1, threads // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class PooledPass:
     """One forward pass per batch, pooled residual means at every requested layer.
 
-    ``run(ids)`` yields ``(indices, pooled [layers, batch, d_model])`` per batch and keeps a
-    running sum of residual norms over pooled positions (the steering unit). With a
-    :class:`~emovec.activation_cache.PooledCache`, texts seen before come from it and new
-    ones are added to it, so only unseen texts reach the model.
+    ``run(ids)`` yields ``(indices, pooled [layers, batch, d_model])`` per batch, in order,
+    and keeps a running sum of residual norms over pooled positions (the steering unit).
+    With a :class:`~emovec.activation_cache.PooledCache`, texts seen before come from it and
+    new ones are added to it, so only unseen texts reach the model. ``workers`` batches run
+    side by side (default: :func:`default_workers`); results do not depend on it.
     """
 
     def __init__(
@@ -127,13 +150,18 @@ class PooledPass:
         layers: Sequence[int],
         settings: ExtractionSettings,
         cache: PooledCache | None = None,
+        workers: int | None = None,
     ):
+        if settings.batch_size is None:
+            settings = replace(settings, batch_size=default_batch_size(lm))
         self.lm, self.layers, self.settings, self.cache = lm, list(layers), settings, cache
+        self.workers = default_workers(lm) if workers is None else max(1, int(workers))
         self.norm_sum = torch.zeros(len(self.layers), dtype=torch.float64)
         self.norm_count = 0
         self.tokens = 0
         self.padded_tokens = 0
         self.cached_texts = 0
+        self._active = threading.local()  # the batch a thread is running, if any
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.lm.encode(t)[: self.settings.max_tokens] for t in texts]
@@ -160,40 +188,102 @@ class PooledPass:
             if self.cache is not None:
                 self.cache.flush()
 
-    def _forward(self, ids, todo, keys, progress):
-        lm, rows = self.lm, {layer: i for i, layer in enumerate(self.layers)}
-        pad = lm.tokenizer.pad_token_id
-        todo = list(range(len(ids))) if todo is None else todo
-        lengths_all = [len(ids[i]) for i in todo]
-        for local in _batches(lengths_all, self.settings.batch_size):
-            batch = [todo[i] for i in local]
-            input_ids, attention = right_padded([ids[i] for i in batch], pad)
-            width = input_ids.shape[1]
-            lengths = attention.sum(1)
-            weights = pooling_weights(lengths, width, self.settings.start_token)
-            weights = weights.to(lm.device, dtype=lm.model.dtype)
-            counted = weights > 0
-            pooled = torch.empty(len(self.layers), len(batch), lm.d_model, dtype=torch.float32)
-            norm_sums = torch.zeros(len(self.layers), len(batch), dtype=torch.float64)
+    # -- the model side ---------------------------------------------------------------------
 
-            capture = _pooling_hook(rows, weights, counted, pooled, norm_sums)
-            with residual_hooks(lm.layers, dict.fromkeys(self.layers, capture)):
-                run_to_layer(
-                    lm.model,
-                    max(self.layers),
+    def _capture(self, layer: int, hidden: torch.Tensor, _offset: int) -> None:
+        """Pool one layer's residual into the batch of the calling thread (others: ignored)."""
+        batch = getattr(self._active, "batch", None)
+        if batch is None:
+            return
+        row = batch["rows"][layer]
+        pooled = torch.bmm(batch["weights"].unsqueeze(1), hidden).squeeze(1)
+        batch["pooled"][row] = pooled.float().cpu()
+        norms = (hidden.norm(dim=-1) * batch["counted"]).double().sum(dim=1)
+        batch["norm_sums"][row] = norms.cpu()
+
+    def _stop(self, _module: Any, _args: Any, _output: Any) -> None:
+        """End a pass after the deepest requested block: unread blocks and the LM head never run."""
+        if getattr(self._active, "batch", None) is not None:
+            raise StopForward
+
+    def _run_batch(self, rows_of_ids: list[list[int]]) -> dict[str, Any]:
+        lm = self.lm
+        input_ids, attention = right_padded(rows_of_ids, lm.tokenizer.pad_token_id)
+        lengths = attention.sum(1)
+        weights = pooling_weights(lengths, input_ids.shape[1], self.settings.start_token)
+        weights = weights.to(lm.device, dtype=lm.model.dtype)
+        batch = {
+            "rows": {layer: i for i, layer in enumerate(self.layers)},
+            "weights": weights,
+            "counted": weights > 0,
+            "pooled": torch.empty(len(self.layers), len(rows_of_ids), lm.d_model),
+            "norm_sums": torch.zeros(len(self.layers), len(rows_of_ids), dtype=torch.float64),
+            "lengths": lengths,
+            "width": input_ids.shape[1],
+        }
+        self._active.batch = batch
+        try:
+            with torch.no_grad():
+                backbone(lm.model)(
                     input_ids=input_ids.to(lm.device),
                     attention_mask=attention.to(lm.device),
+                    use_cache=False,
                 )
-            per_text = counted.sum(dim=1).cpu()
-            self._account(norm_sums.sum(dim=1), int(per_text.sum()))
-            self.tokens += int(lengths.sum())
-            self.padded_tokens += len(batch) * width
-            if self.cache is not None:
-                self.cache.put([keys[i] for i in batch], self.layers, pooled, norm_sums, per_text)
-            release_freed_memory()
-            if progress is not None:
-                progress(int(lengths.sum()))
-            yield batch, pooled
+        except StopForward:
+            pass
+        finally:
+            self._active.batch = None
+        release_freed_memory()
+        return batch
+
+    def _results(self, ids, batches) -> Iterator[dict[str, Any]]:
+        """Each batch's pooled means, in order; ``workers`` batches are in flight at once."""
+        if self.workers == 1:
+            for batch in batches:
+                yield self._run_batch([ids[i] for i in batch])
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="emovec-extract") as pool:
+            pending: deque = deque()
+            try:
+                for batch in batches:
+                    pending.append(pool.submit(self._run_batch, [ids[i] for i in batch]))
+                    if len(pending) >= self.workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _forward(self, ids, todo, keys, progress):
+        lm = self.lm
+        todo = list(range(len(ids))) if todo is None else todo
+        lengths_all = [len(ids[i]) for i in todo]
+        batches = [
+            [todo[i] for i in local] for local in _batches(lengths_all, self.settings.batch_size)
+        ]
+        deepest = lm.layers[max(self.layers)]
+        with (
+            residual_hooks(lm.layers, dict.fromkeys(self.layers, self._capture)),
+            _threads_per_worker(self.workers),
+        ):
+            # Appended after the capture hooks, so the deepest block is read before it stops.
+            stop = deepest.register_forward_hook(self._stop)
+            try:
+                for batch, done in zip(batches, self._results(ids, batches), strict=True):
+                    pooled, norm_sums = done["pooled"], done["norm_sums"]
+                    per_text = done["counted"].sum(dim=1).cpu()
+                    self._account(norm_sums.sum(dim=1), int(per_text.sum()))
+                    self.tokens += int(done["lengths"].sum())
+                    self.padded_tokens += len(batch) * done["width"]
+                    if self.cache is not None:
+                        keys_of = [keys[i] for i in batch]
+                        self.cache.put(keys_of, self.layers, pooled, norm_sums, per_text)
+                    if progress is not None:
+                        progress(int(done["lengths"].sum()))
+                    yield batch, pooled
+            finally:
+                stop.remove()
 
     def _account(self, norm_sums: torch.Tensor, count: int) -> None:
         self.norm_sum += norm_sums
@@ -300,6 +390,8 @@ def extract(
         if not hasattr(settings, key):
             raise TypeError(f"unknown extraction setting {key!r}")
         setattr(settings, key, value)
+    if settings.batch_size is None:
+        settings.batch_size = default_batch_size(lm)
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     if not corpus.stories:

@@ -237,7 +237,12 @@ class PooledPass:
         return batch
 
     def _results(self, ids, batches) -> Iterator[dict[str, Any]]:
-        """Each batch's pooled means, in order; ``workers`` batches are in flight at once."""
+        """Each batch's pooled means, in order, with ``workers`` batches running at once.
+
+        Twice as many are queued: batches come longest first, so a worker that finishes a
+        shorter batch must find the next one waiting rather than idle until the longer one
+        ahead of it is handed out.
+        """
         if self.workers == 1:
             for batch in batches:
                 yield self._run_batch([ids[i] for i in batch])
@@ -247,7 +252,7 @@ class PooledPass:
             try:
                 for batch in batches:
                     pending.append(pool.submit(self._run_batch, [ids[i] for i in batch]))
-                    if len(pending) >= self.workers:
+                    if len(pending) >= 2 * self.workers:
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()

@@ -168,7 +168,7 @@ def extract(
         float, typer.Option(help="Variance share of neutral PCs removed; 0 = off.")
     ] = 0.5,
     batch_size: Annotated[
-        int | None, typer.Option(help="Texts per forward pass [default: 4 on CPU, 32 on GPU].")
+        int | None, typer.Option(help="Texts per forward pass (default: 4 on CPU, 32 on GPU).")
     ] = None,
     holdout_every: Annotated[
         int, typer.Option(help="Hold out every k-th story per emotion to pick the layer.")

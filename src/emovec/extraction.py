@@ -395,8 +395,6 @@ def extract(
         if not hasattr(settings, key):
             raise TypeError(f"unknown extraction setting {key!r}")
         setattr(settings, key, value)
-    if settings.batch_size is None:
-        settings.batch_size = default_batch_size(lm)
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     if not corpus.stories:
@@ -428,6 +426,7 @@ def extract(
     elif isinstance(cache, (str, os.PathLike)):
         cache = PooledCache.for_model(lm, root=cache)
     passer = PooledPass(lm, layers, settings, cache=cache if cache not in (None, False) else None)
+    settings = passer.settings  # with the batch size it resolved, as the vector file records
     story_ids = passer.tokenize([s["text"] for s in corpus.stories])
     neutral_ids = passer.tokenize(corpus.neutral_texts())
     total_tokens = sum(map(len, story_ids)) + sum(map(len, neutral_ids))

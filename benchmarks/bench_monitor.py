@@ -69,14 +69,13 @@ def median_s(fn, calls: int) -> float:
 def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
     """Each piece the monitor adds, timed alone: hook, per-token work, last-token pass."""
     from emovec.hooks import run_to_layer
-    from emovec.monitor import Monitor, TraceWriter, _Row, _RuleTracker, _Watch
+    from emovec.monitor import TraceWriter, _Row, _RuleTracker, _Watch
 
     hidden = torch.randn(1, 1, lm.d_model)
-    monitor = Monitor(lm, live.vectors, live.emotions, live.layer)
+    scoring = _Watch(live, [_Row(0, "p", [])], 0, None, None)
 
     def hook() -> None:
-        monitor._hook(live.layer, hidden, 40)
-        monitor.chunks.clear()
+        scoring.score(live.layer, hidden, 40)
 
     column = {e: i for i, e in enumerate(live.emotions)}
     writer = TraceWriter(Path(tmp) / "components.jsonl", live.meta())
@@ -86,7 +85,7 @@ def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
     def per_token() -> None:
         trackers = [_RuleTracker(r, column[r.emotion], 0) for r in live.rules]
         state = _Row(0, "p", trackers)
-        watch = _Watch(live, [state], 0, lambda e: writer.write(e.to_record()), None)
+        watch = _Watch(live, [state], 0, writer.token, None)
         for token in ids:
             live._accept(state, token, raw, watch)
 
@@ -116,9 +115,9 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
     The scoring hook (and so the per-token work that follows it) runs on every other decode
     step; a pre-forward hook stamps each step. Which parity is scored alternates per run.
     """
-    from emovec.monitor import Monitor
+    from emovec.monitor import _Watch
 
-    original = Monitor._hook
+    original = _Watch.score
     calls = {"n": 0, "phase": 0}
 
     def every_other(self, layer, hidden, offset):
@@ -130,7 +129,7 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
     stamps: list[float] = []
     handle = live.lm.model.register_forward_pre_hook(lambda *_: stamps.append(time.perf_counter()))
     scored, unscored = [], []
-    Monitor._hook = every_other
+    _Watch.score = every_other
     try:
         for run in range(runs):
             calls.update(n=0, phase=run % 2)
@@ -140,7 +139,7 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
             for i in range(1, len(steps)):  # 0 is the prefill; pass i is hook call i + 1
                 (scored if (i + 1) % 2 == calls["phase"] else unscored).append(steps[i])
     finally:
-        Monitor._hook = original
+        _Watch.score = original
         handle.remove()
     on, off = np.array(scored), np.array(unscored)
     return {

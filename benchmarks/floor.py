@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from emovec.extraction import _batches, _threads_per_worker, right_padded
-from emovec.hooks import StopForward, backbone
+from emovec.hooks import StopForward, backbone, stopping_after
 
 
 def floor_pass(lm, ids: list[list[int]], batch_size: int, deepest: int, workers: int = 1) -> None:
@@ -27,11 +27,7 @@ def floor_pass(lm, ids: list[list[int]], batch_size: int, deepest: int, workers:
         with torch.no_grad(), contextlib.suppress(StopForward):
             body(input_ids=input_ids, attention_mask=mask, use_cache=False)
 
-    def stop(*_) -> None:
-        raise StopForward
-
-    handle = lm.layers[deepest].register_forward_hook(stop)
-    try:
+    with stopping_after(lm.layers, deepest):
         batches = list(_batches([len(x) for x in ids], batch_size))
         if workers == 1:
             for batch in batches:
@@ -40,5 +36,3 @@ def floor_pass(lm, ids: list[list[int]], batch_size: int, deepest: int, workers:
         with _threads_per_worker(workers), ThreadPoolExecutor(workers) as pool:
             for future in [pool.submit(one, batch) for batch in batches]:
                 future.result()
-    finally:
-        handle.remove()

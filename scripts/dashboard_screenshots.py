@@ -16,17 +16,8 @@ from playwright.sync_api import sync_playwright
 
 from emovec.models import load_model
 from emovec.monitor import calibrate
-from emovec.server import Dashboard, ServerThread
+from emovec.server import HEADLESS_CHROMIUM_ARGS, Dashboard, ServerThread
 from emovec.vectors import EmotionVectors
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def send(page, prompt: str, tokens: int) -> None:
@@ -55,7 +46,7 @@ def main() -> None:
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(
-                    executable_path=args.chromium, headless=True, args=ARGS
+                    executable_path=args.chromium, headless=True, args=HEADLESS_CHROMIUM_ARGS
                 )
                 page = browser.new_page(viewport={"width": 1360, "height": 900})
                 page.set_default_timeout(600_000)

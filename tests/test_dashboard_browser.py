@@ -19,16 +19,8 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need playwright (pip install playwright)"
 )
 
-from emovec.server import Dashboard, ServerThread  # noqa: E402
+from emovec.server import HEADLESS_CHROMIUM_ARGS, Dashboard, ServerThread  # noqa: E402
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PROMPT = "Tell me about your day."
 #: Where screenshots go: a temporary folder, or docs/img with EMOVEC_SCREENSHOTS=docs/img.
 SHOTS = os.environ.get("EMOVEC_SCREENSHOTS")
@@ -47,7 +39,9 @@ def server(lm, vectors, baseline, tmp_path_factory):
 def page(server):
     with sync_api.sync_playwright() as pw:
         path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-        browser = pw.chromium.launch(executable_path=path, headless=True, args=ARGS)
+        browser = pw.chromium.launch(
+            executable_path=path, headless=True, args=HEADLESS_CHROMIUM_ARGS
+        )
         tab = browser.new_page(viewport={"width": 1280, "height": 860})
         tab.set_default_timeout(120_000)
         tab.goto(server.url)

@@ -1,5 +1,6 @@
 """Live monitoring: scores arrive per forward pass and equal a later reading of the text."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from emovec.monitor import (
     LiveMonitor,
     Monitor,
     MonitorError,
+    TokenEvent,
     TraceWriter,
     _RuleTracker,
     calibrate,
@@ -148,19 +150,49 @@ def test_trace_round_trip(fear_and_neutral):
         assert loaded.replies[reply.row]["monitor_seconds"] == round(reply.monitor_seconds, 4)
 
 
+def _event(index: int) -> TokenEvent:
+    raw = np.array([0.1234567, -0.05], dtype=np.float32)
+    return TokenEvent(0, index, 30 + index, 7, "x", raw, raw * 10, ["afraid", "calm"])
+
+
 def test_trace_writer_flushes_headers_at_once_and_tokens_by_time(tmp_path):
     path = tmp_path / "t.jsonl"
     lazy = TraceWriter(path, {"model": "m"}, flush_every_s=3600)
-    lazy.write({"type": "token", "row": 0})
-    lazy.write({"type": "token", "row": 0})
+    lazy.token(_event(0))
+    lazy.token(_event(1))
     assert len(path.read_text().splitlines()) == 1  # the header only, until a flush is due
     lazy.write({"type": "reply", "row": 0})
-    assert len(path.read_text().splitlines()) == 4  # a reply record flushes what came before
-    lazy.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["type"] for r in lines] == ["meta", "token", "token", "reply"]  # in order
+    assert [r["index"] for r in lines[1:3]] == [0, 1]
+    lazy.token(_event(2))
+    lazy.close()  # closing writes what is pending
+    assert json.loads(path.read_text().splitlines()[-1])["index"] == 2
     eager = TraceWriter(path, {"model": "m"}, flush_every_s=0)
-    eager.write({"type": "token", "row": 0})
+    eager.token(_event(0))
     assert len(path.read_text().splitlines()) == 2
     eager.close()
+
+
+def test_trace_stores_raw_scores_and_reading_adds_z(tmp_path):
+    path = tmp_path / "t.jsonl"
+    meta = {
+        "emotions": ["afraid", "calm"],
+        "baseline": {"mean": {"afraid": 0.1, "calm": 0.0}, "std": {"afraid": 0.01, "calm": 0.02}},
+    }
+    writer = TraceWriter(path, meta)
+    writer.token(_event(0))
+    writer.close()
+    stored = json.loads(path.read_text().splitlines()[1])
+    assert "z" not in stored and stored["raw"] == {"afraid": 0.123457, "calm": -0.05}
+    z = read_trace(path).tokens[0]["z"]
+    assert z == pytest.approx({"afraid": 2.346, "calm": -2.5}, abs=1e-3)
+    headless = tmp_path / "no-baseline.jsonl"
+    TraceWriter(headless, {"emotions": ["afraid", "calm"]}).close()
+    with headless.open("a") as f:
+        f.write(json.dumps(_event(0).to_record(with_z=False)) + "\n")
+    with pytest.raises(MonitorError, match="z-scores need"):
+        read_trace(headless)
 
 
 def test_hidden_state_flag_on_real_reply_and_by_text(fear_and_neutral):

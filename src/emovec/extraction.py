@@ -35,7 +35,7 @@ import torch
 
 from emovec.activation_cache import PooledCache, text_key
 from emovec.corpus import CURATED, Corpus, load_corpus
-from emovec.hooks import StopForward, backbone, residual_hooks
+from emovec.hooks import StopForward, backbone, residual_hooks, stopping_after
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
@@ -201,10 +201,9 @@ class PooledPass:
         norms = (hidden.norm(dim=-1) * batch["counted"]).double().sum(dim=1)
         batch["norm_sums"][row] = norms.cpu()
 
-    def _stop(self, _module: Any, _args: Any, _output: Any) -> None:
-        """End a pass after the deepest requested block: unread blocks and the LM head never run."""
-        if getattr(self._active, "batch", None) is not None:
-            raise StopForward
+    def _running(self) -> bool:
+        """Whether the calling thread is running one of this pass's batches."""
+        return getattr(self._active, "batch", None) is not None
 
     def _run_batch(self, rows_of_ids: list[list[int]]) -> dict[str, Any]:
         lm = self.lm
@@ -267,28 +266,24 @@ class PooledPass:
         batches = [
             [todo[i] for i in local] for local in _batches(lengths_all, self.settings.batch_size)
         ]
-        deepest = lm.layers[max(self.layers)]
         with (
             residual_hooks(lm.layers, dict.fromkeys(self.layers, self._capture)),
             _threads_per_worker(self.workers),
+            # After the deepest read block, this pass's batches stop: no unread blocks, no head.
+            stopping_after(lm.layers, max(self.layers), when=self._running),
         ):
-            # Appended after the capture hooks, so the deepest block is read before it stops.
-            stop = deepest.register_forward_hook(self._stop)
-            try:
-                for batch, done in zip(batches, self._results(ids, batches), strict=True):
-                    pooled, norm_sums = done["pooled"], done["norm_sums"]
-                    per_text = done["counted"].sum(dim=1).cpu()
-                    self._account(norm_sums.sum(dim=1), int(per_text.sum()))
-                    self.tokens += int(done["lengths"].sum())
-                    self.padded_tokens += len(batch) * done["width"]
-                    if self.cache is not None:
-                        keys_of = [keys[i] for i in batch]
-                        self.cache.put(keys_of, self.layers, pooled, norm_sums, per_text)
-                    if progress is not None:
-                        progress(int(done["lengths"].sum()))
-                    yield batch, pooled
-            finally:
-                stop.remove()
+            for batch, done in zip(batches, self._results(ids, batches), strict=True):
+                pooled, norm_sums = done["pooled"], done["norm_sums"]
+                per_text = done["counted"].sum(dim=1).cpu()
+                self._account(norm_sums.sum(dim=1), int(per_text.sum()))
+                self.tokens += int(done["lengths"].sum())
+                self.padded_tokens += len(batch) * done["width"]
+                if self.cache is not None:
+                    keys_of = [keys[i] for i in batch]
+                    self.cache.put(keys_of, self.layers, pooled, norm_sums, per_text)
+                if progress is not None:
+                    progress(int(done["lengths"].sum()))
+                yield batch, pooled
 
     def _account(self, norm_sums: torch.Tensor, count: int) -> None:
         self.norm_sum += norm_sums

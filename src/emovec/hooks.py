@@ -11,7 +11,7 @@ them, also when the forward pass raises.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import torch
@@ -126,22 +126,34 @@ def residual_hooks(
             handle.remove()
 
 
+@contextmanager
+def stopping_after(
+    layers: nn.ModuleList, index: int, when: Callable[[], bool] | None = None
+) -> Iterator[None]:
+    """Within the block, forward passes raise :class:`StopForward` right after block ``index``.
+
+    Blocks nobody reads (and the LM head) then never run; the caller catches StopForward
+    around each pass. The hook is appended, so hooks already on that block (captures) run
+    first. ``when`` limits it to passes for which it returns True (e.g. one thread's).
+    """
+
+    def stop(_module: nn.Module, _args: Any, _output: Any) -> None:
+        if when is None or when():
+            raise StopForward
+
+    handle = layers[index].register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def run_to_layer(model: nn.Module, deepest: int, **inputs: Any) -> None:
     """Run the backbone (no LM head) and stop right after decoder block ``deepest``.
 
     Capture hooks must already be registered; this only spares the blocks that nobody reads.
-    The stopping hook is appended, so every capture hook on that block has run before it.
     """
     layers = decoder_layers(model)
-
-    def stop(_module: nn.Module, _args: Any, _output: Any) -> None:
-        raise StopForward
-
-    handle = layers[deepest].register_forward_hook(stop) if deepest < len(layers) - 1 else None
-    try:
+    stopping = stopping_after(layers, deepest) if deepest < len(layers) - 1 else nullcontext()
+    with stopping, suppress(StopForward):
         backbone(model)(**inputs, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        if handle is not None:
-            handle.remove()

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -29,12 +29,51 @@ import torch
 
 from emovec import __version__
 from emovec.files import write_atomic
-from emovec.hooks import backbone, residual_hooks
+from emovec.hooks import StopForward, backbone, residual_hooks, stopping_after
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
 #: callback(offset, scores [batch, new positions, emotions]) after every forward pass
 ScoreCallback = Callable[[int, np.ndarray], None]
+
+
+class CosineScorer:
+    """Cosine of residuals with chosen emotion directions at one layer, cheap enough per token.
+
+    The same numbers as :func:`emovec.reading.cosine_scores` on centred residuals, but built
+    once and kept lean: it runs on every decode step, where each small op costs tens of
+    microseconds (the forward pass has just evicted the caches).
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        vectors: EmotionVectors,
+        emotions: Sequence[str],
+        layer: int,
+        center: bool = True,
+    ) -> None:
+        row = vectors.layer_index(layer)
+        index = [vectors.emotions.index(e) for e in emotions]
+        dtype, device = lm.model.dtype, lm.device
+        self._directions_t = vectors.vectors[row][index].T.contiguous().to(device, dtype)
+        mean = vectors.mean_activation[row] if center else torch.zeros(lm.d_model)
+        self._mean = mean.to(device, dtype)
+        cpu_fp32 = device.type == "cpu" and dtype == torch.float32
+        # On CPU, numpy's small-matrix path costs about half of torch's per-op dispatch.
+        self._numpy = (self._mean.numpy(), self._directions_t.numpy()) if cpu_fp32 else None
+
+    def __call__(self, hidden: torch.Tensor) -> np.ndarray:
+        """Scores of residuals [..., d] -> float32 array [..., emotions]."""
+        if self._numpy is not None:
+            mean, directions_t = self._numpy
+            x = hidden.detach().numpy().reshape(-1, hidden.shape[-1]) - mean
+            scores = x @ directions_t
+            scores /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x))[:, None], 1e-12)
+            return scores.reshape(*hidden.shape[:-1], -1)
+        y = hidden.detach() - self._mean
+        scores = torch.matmul(y, self._directions_t)
+        return (scores / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float().cpu().numpy()
 
 
 @dataclass
@@ -54,31 +93,14 @@ class Monitor:
     def __post_init__(self) -> None:
         self.vectors.check_model(self.lm)
         self.layer = self.vectors.default_layer if self.layer is None else self.layer
-        row = self.vectors.layer_index(self.layer)
+        self.vectors.layer_index(self.layer)
         names = self.vectors.emotions if self.emotions is None else self.emotions
         self.emotions = [self.vectors.resolve(e) for e in names]
-        index = [self.vectors.emotions.index(e) for e in self.emotions]
-        dtype, device = self.lm.model.dtype, self.lm.device
-        self._directions_t = self.vectors.vectors[row][index].T.contiguous().to(device, dtype)
-        mean = self.vectors.mean_activation[row] if self.center else torch.zeros(self.lm.d_model)
-        self._mean = mean.to(device, dtype)
-        cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-        self._numpy = (self._mean.numpy(), self._directions_t.numpy()) if cpu_fp32 else None
+        self._score = CosineScorer(self.lm, self.vectors, self.emotions, self.layer, self.center)
 
     def _hook(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
-        # The same cosine as reading.cosine_scores, kept lean: this runs on every decode step.
         start = time.perf_counter()
-        # On CPU, numpy's small-matrix path costs about half of torch's per-op dispatch.
-        if self._numpy is not None:
-            mean, directions_t = self._numpy
-            x = hidden.detach().numpy().reshape(-1, hidden.shape[-1]) - mean
-            scores = x @ directions_t
-            scores /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x))[:, None], 1e-12)
-            scores = scores.reshape(*hidden.shape[:2], -1)
-        else:
-            y = hidden.detach() - self._mean
-            scores = torch.matmul(y, self._directions_t)
-            scores = (scores / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float().cpu().numpy()
+        scores = self._score(hidden)
         self.chunks.append((offset, scores))
         if self.callback is not None:
             self.callback(offset, scores)
@@ -545,6 +567,7 @@ FAMILY_VALENCE = {
 }
 
 
+@lru_cache(maxsize=1024)
 def emotion_valence(emotion: str) -> float:
     """Valence of an emotion concept (-1..1), judged without the model.
 
@@ -613,7 +636,10 @@ def hidden_spans(
 ) -> list[HiddenSpan]:
     """Spans of one reply where an emotion runs high in the residual stream but not in the text."""
     found: list[HiddenSpan] = []
+    ever_high = (z >= check.threshold).any(axis=0) if len(z) else np.zeros(len(emotions), bool)
     for column, emotion in enumerate(emotions):
+        if not ever_high[column]:
+            continue
         valence = emotion_valence(emotion)
         if abs(valence) < check.margin:
             continue
@@ -644,6 +670,11 @@ def hidden_spans(
 # --------------------------------------------------------------------------------------------
 
 
+#: decimals of raw scores (cosines) in records: z derived from them is off by < 1e-4
+#: for any baseline spread above 0.005
+RAW_DIGITS = 6
+
+
 def _rounded(values: np.ndarray, digits: int) -> list[float]:
     """Python floats with short JSON forms; one vectorised call, as it runs for every token."""
     return np.round(values.astype(np.float64), digits).tolist()
@@ -670,20 +701,27 @@ class TokenEvent:
         i = int(np.argmax(self.z))
         return self.emotions[i], float(self.z[i])
 
-    def to_record(self) -> dict[str, Any]:
-        """The JSONL trace record of this token."""
-        return {
+    def to_record(self, with_z: bool = True) -> dict[str, Any]:
+        """This token as a JSON record; ``with_z=False`` is the trace's form.
+
+        A trace stores raw scores only, as its header holds the baseline that turns them into
+        z-scores (:func:`read_trace` adds them back): with 171 emotions, writing both doubled
+        the cost of the largest per-token item.
+        """
+        record = {
             "type": "token",
             "row": self.row,
             "index": self.index,
             "position": self.position,
             "token_id": self.token_id,
             "piece": self.piece,
-            "raw": dict(zip(self.emotions, _rounded(self.raw, 5), strict=True)),
-            "z": dict(zip(self.emotions, _rounded(self.z, 3), strict=True)),
+            "raw": dict(zip(self.emotions, _rounded(self.raw, RAW_DIGITS), strict=True)),
             "alerts": [a.rule.name for a in self.fired],
             "active": self.active,
         }
+        if with_z:
+            record["z"] = dict(zip(self.emotions, _rounded(self.z, 3), strict=True))
+        return record
 
 
 @dataclass
@@ -740,10 +778,12 @@ class _Row:
 
 
 class TraceWriter:
-    """Appends one JSON line per record; a crash loses at most ``flush_every_s`` of records.
+    """Appends one JSON line per record; a crash loses at most ``flush_every_s`` of tokens.
 
-    Flushing every token cost more than all other per-token work together, so token records
-    are flushed at most every ``flush_every_s`` seconds; header and reply records at once.
+    Header and reply records are written and flushed at once. Token events are kept and
+    turned into lines together at most every ``flush_every_s`` seconds (and on close): one
+    line per token right after each decode step cost several times more, as the forward pass
+    leaves every cache cold, and a flush per token cost more than all other per-token work.
     """
 
     def __init__(
@@ -753,18 +793,40 @@ class TraceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flush_every_s = flush_every_s
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._flushed = 0.0
+        self._pending: list[TokenEvent] = []
+        self._flushed = time.monotonic()
         self.write({"type": "meta", **meta})
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        now = time.monotonic()
-        if record.get("type") != "token" or now - self._flushed >= self.flush_every_s:
-            self._file.flush()
-            self._flushed = now
+        """Write a record now, after any pending tokens, and flush."""
+        self._file.write(self._lines() + json.dumps(record, ensure_ascii=False) + "\n")
+        self._flush()
+
+    def token(self, event: TokenEvent) -> None:
+        """Queue a token's record; written with the others once ``flush_every_s`` has passed."""
+        self._pending.append(event)
+        if time.monotonic() - self._flushed >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending token record and flush the file."""
+        self._file.write(self._lines())
+        self._flush()
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+    def _lines(self) -> str:
+        pending, self._pending = self._pending, []
+        return "".join(
+            json.dumps(e.to_record(with_z=False), ensure_ascii=False) + "\n" for e in pending
+        )
+
+    def _flush(self) -> None:
+        self._file.flush()
+        self._flushed = time.monotonic()
 
 
 @dataclass
@@ -809,15 +871,40 @@ def read_trace(path: str | Path, max_records: int = 200_000) -> Trace:
         raise MonitorError(f"{path} is not a UTF-8 text trace") from None
     if not meta:
         raise MonitorError(f"{path} has no trace header: not an emovec monitor trace")
+    _add_z(path, meta, tokens)
     return Trace(meta, tokens, replies)
 
 
-class _Watch:
-    """The per-step work during ``generate``: a stopping criterion, called after each step.
+def _add_z(path: Path, meta: Mapping[str, Any], tokens: list[dict[str, Any]]) -> None:
+    """Give token records without z-scores their z, from the raw scores and the header."""
+    if all("z" in t for t in tokens):
+        return
+    where = "the header"
+    try:
+        baseline = meta["baseline"]
+        emotions = list(meta["emotions"])
+        mean = np.array([baseline["mean"][e] for e in emotions], dtype=np.float64)
+        std = np.array([baseline["std"][e] for e in emotions], dtype=np.float64)
+        for number, record in enumerate(tokens, 1):
+            if "z" not in record:
+                where = f"token record {number}"
+                raw = np.array([record["raw"][e] for e in emotions], dtype=np.float64)
+                z = _rounded((raw - mean) / std, 3)
+                record["z"] = dict(zip(emotions, z, strict=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MonitorError(
+            f"{path}: {where} lacks what z-scores need (baseline, emotions, raw scores): {exc!r}"
+        ) from None
 
-    When it runs, the monitor hook has just scored the token fed into this step (the previous
-    step's pick), so each reply token is delivered one step after it is sampled, with its
-    scores; returning True for a row ends it (the stop action, or a cancel).
+
+class _Watch:
+    """The per-step work during ``generate``: a scoring hook and a stopping criterion.
+
+    :meth:`score` runs inside each decode step at the monitored layer and scores the token fed
+    into that step (the previous step's pick); the prompt's prefill is not scored. The
+    stopping criterion runs after the step and delivers that token with its scores, so each
+    reply token arrives one step after it is sampled; returning True for a row ends it (the
+    stop action, or a cancel).
     """
 
     def __init__(self, live: LiveMonitor, rows: list[_Row], prompt_width: int, on_token, cancel):
@@ -826,17 +913,25 @@ class _Watch:
         self.latest: tuple[int, np.ndarray] | None = None
         self.steer_active = torch.zeros(len(rows))
         self.eos = set(live.eos_ids)
-        self.seconds = 0.0  # time spent here: per-token work of the monitor
+        self.seconds = 0.0  # time spent here: scoring and per-token work of the monitor
+
+    def score(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
+        """Residual hook: scores [batch, emotions] of the newest position of a decode step."""
+        if offset < self.width:
+            return
+        start = time.perf_counter()
+        self.latest = (offset + hidden.shape[1] - 1, self.live._score(hidden[:, -1]))
+        self.seconds += time.perf_counter() - start
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **_: Any) -> torch.Tensor:
         start = time.perf_counter()
         stop = torch.zeros(len(self.rows), dtype=torch.bool)
-        if self.latest is not None and self.latest[0] >= self.width:
+        if self.latest is not None:
             offset, chunk = self.latest
             ids = input_ids[:, offset].tolist()
             for row, state in enumerate(self.rows):
                 if not state.done:
-                    self.live._accept(state, ids[row], chunk[row, -1], self)
+                    self.live._accept(state, ids[row], chunk[row], self)
                 stop[row] = state.done
         self.latest = None
         if self.cancel is not None and self.cancel.is_set():
@@ -885,8 +980,12 @@ class LiveMonitor:
         self.baseline = baseline
         mean, std = baseline.select(self.emotions)
         self._mean, self._scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+        self._score = CosineScorer(lm, vectors, self.emotions, self.layer, center)
         self.hidden = hidden
         self.eos_ids = _eos_ids(lm)
+        body = backbone(lm.model)
+        takes_cache = "cache" in inspect.signature(body.forward).parameters
+        self._body, self._cache_arg = body, "cache" if takes_cache else "past_key_values"
 
     def z(self, raw: np.ndarray) -> np.ndarray:
         """z-scores of raw scores (last axis = this monitor's emotions)."""
@@ -922,7 +1021,6 @@ class LiveMonitor:
             piece = ""
         else:
             piece, state.text = text[len(state.text) :], text
-        raw = np.array(raw, dtype=np.float32)
         z = self.z(raw)
         fired = []
         for tracker in state.trackers:
@@ -1013,13 +1111,11 @@ class LiveMonitor:
 
         def deliver(event: TokenEvent) -> None:
             if writer is not None:
-                writer.write(event.to_record())
+                writer.token(event)
             if on_token is not None:
                 on_token(event)
 
         watch = _Watch(self, rows, width, deliver, cancel)
-        monitor = Monitor(self.lm, self.vectors, self.emotions, self.layer, self.center)
-        monitor.callback = lambda offset, chunk: setattr(watch, "latest", (offset, chunk))
         edits = self._counter_steer_hooks(watch)
         if seed is not None:
             torch.manual_seed(seed)
@@ -1043,9 +1139,10 @@ class LiveMonitor:
         inputs = {k: v.to(self.lm.device) for k, v in enc.items()}
         try:
             with (
+                torch.no_grad(),
                 user_steer,
                 residual_hooks(self.lm.layers, edits, edits=True),
-                monitor.watching(),
+                residual_hooks(self.lm.layers, {self.layer: watch.score}),
             ):
                 generation_start = time.perf_counter()
                 out = self.lm.model.generate(
@@ -1062,10 +1159,7 @@ class LiveMonitor:
             replies = [self._finish(state, steering) for state in rows]
             ended = time.perf_counter()
             monitor_seconds = (
-                (generation_start - setup_start)
-                + monitor.seconds
-                + watch.seconds
-                + (ended - generation_end)
+                (generation_start - setup_start) + watch.seconds + (ended - generation_end)
             )
             for reply in replies:
                 reply.seconds, reply.monitor_seconds = ended - started, monitor_seconds
@@ -1115,41 +1209,27 @@ class LiveMonitor:
         cache = getattr(out, "cache", None)
         if cache is None:
             cache = getattr(out, "past_key_values", None)
-        body = backbone(self.lm.model)
-        cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else None
-        cache_arg = cache_arg or "past_key_values"
         last = sequences[:, -1:]
         mask = torch.cat(
             [inputs["attention_mask"], torch.ones_like(sequences[:, watch.width :])], dim=1
         )
         positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -1:]
         watch.latest = None
-        from emovec.hooks import StopForward
-
-        def stop(_module: Any, _args: Any, _output: Any) -> None:
-            raise StopForward
-
-        deepest = self.lm.layers[self.layer]
-        handle = deepest.register_forward_hook(stop)
-        try:
-            body(
+        with stopping_after(self.lm.layers, self.layer), suppress(StopForward):
+            self._body(
                 input_ids=last,
                 attention_mask=mask,
                 position_ids=positions,
                 use_cache=True,
-                **{cache_arg: cache},
+                **{self._cache_arg: cache},
             )
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
         if watch.latest is None:
             return
         offset, chunk = watch.latest
         ids = sequences[:, -1].tolist()
         for state in rows:
             if not state.done:
-                self._accept(state, ids[state.row], chunk[state.row, -1], watch)
+                self._accept(state, ids[state.row], chunk[state.row], watch)
 
     def _finish(self, state: _Row, steering: Mapping[str, float] | None) -> MonitoredReply:
         n = len(self.emotions)

@@ -37,6 +37,16 @@ from emovec.vectors import EmotionVectors, VectorFileError
 
 #: The files of the page; nothing else is served from the package.
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+#: Flags for driving the dashboard in headless Chromium (browser tests, docs screenshots):
+#: no sandbox (containers lack the namespaces it needs), no GPU, no background traffic.
+HEADLESS_CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 #: Names a client may ask for in the data folder: no separators, no leading dot.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}$")
 

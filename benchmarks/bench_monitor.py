@@ -88,6 +88,7 @@ def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
         watch = _Watch(live, [state], 0, writer.token, None)
         for token in ids:
             live._accept(state, token, raw, watch)
+        writer.flush()  # token lines are serialised at flush time: count that too
 
     one = torch.tensor([[ids[0]]])
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Screenshots of the dashboard's main views for docs/img, from a real session.
 
 Starts the dashboard on a free loopback port with the given vectors, drives headless Chromium
-through a chat reply with an alert rule, a steered-vs-unsteered comparison and a trace replay.
+through a chat reply with an alert rule that counter-steers, a steered-vs-unsteered comparison and a trace replay.
 
     python scripts/dashboard_screenshots.py --vectors emovec-out/<model>/vectors.safetensors
 """
@@ -54,6 +54,9 @@ def main() -> None:
                 page.wait_for_selector("#status.ready")
                 rule = page.locator(".rule-row").first
                 rule.locator("select").first.select_option("afraid")
+                rule.locator(".rule-action").select_option("steer")  # counter-steer on firing
+                rule.locator(".counter-emotion").select_option("calm")
+                rule.locator(".counter-strength").fill("0.3")
                 send(page, "Write a short story about being lost in a dark forest.", args.tokens)
                 page.screenshot(path=str(out / "dashboard-chat.png"), full_page=True)
                 steer = page.locator(".steer-row").first

@@ -2,11 +2,12 @@
 
 Plain greedy generation of N tokens and the same generation under :class:`LiveMonitor`
 (z-scores, alert rules, a JSONL trace, and the extra partial forward pass that scores the
-last token of a reply cut by the token limit) alternate for many repetitions, so slow drifts
-of a shared machine hit both alike. The end-to-end overhead is reported as the ratio of
-medians, the median of per-repetition ratios (each monitored run against the plain run of
-the same repetition; the order rotates every repetition) with a bootstrap interval of their
-mean, and the ratio of minima. Runs here vary by 5-10%, so end to end cannot resolve 1-2%.
+last token of a reply cut by the token limit) alternate, every monitored run between two
+plain runs (plain, A, plain, B, plain, A, ...), so slow drifts of a shared machine hit both
+alike. The end-to-end overhead is reported as the ratio of medians, the median of paired
+ratios (each monitored run against the mean of the plain runs either side of it, which
+cancels a linear drift) with a bootstrap interval of their mean, and the ratio of minima.
+Runs here vary by 5-10%, so end to end cannot resolve 1-2%.
 
 Three more views, each free of the machine's slow drifts because it compares within one run:
 
@@ -178,20 +179,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for live in monitors.values():  # warm-up
             live.generate(PROMPT, max_new_tokens=4, trace=Path(tmp) / "warm.jsonl")
-        for rep in range(args.reps):
-            # Rotate the order every repetition, so no contender always runs first.
-            order = ["plain", *monitors]
-            shift = rep % len(order)
-            for name in order[shift:] + order[:shift]:
-                start = time.perf_counter()
-                if name == "plain":
-                    generate(lm, PROMPT, **kwargs)
-                else:
-                    trace = Path(tmp) / f"{rep}.jsonl"
-                    reply = monitors[name].generate(PROMPT, trace=trace, **kwargs)
-                    assert len(reply.pieces) == n, "every generated token is scored"
-                    shares[name].append(reply.monitor_seconds / reply.seconds)
-                times[name].append(time.perf_counter() - start)
+        # Every monitored run sits between two plain runs: plain, A, plain, B, ..., plain.
+        schedule = [x for _ in range(args.reps) for name in monitors for x in ("plain", name)]
+        seconds = []
+        for i, name in enumerate([*schedule, "plain"]):
+            start = time.perf_counter()
+            if name == "plain":
+                generate(lm, PROMPT, **kwargs)
+            else:
+                reply = monitors[name].generate(PROMPT, trace=Path(tmp) / f"{i}.jsonl", **kwargs)
+                assert len(reply.pieces) == n, "every generated token is scored"
+                shares[name].append(reply.monitor_seconds / reply.seconds)
+            seconds.append(time.perf_counter() - start)
+            times[name].append(seconds[-1])
+        paired_ratios: dict[str, list[float]] = {k: [] for k in monitors}
+        for i, name in enumerate(schedule):
+            if name != "plain":
+                paired_ratios[name].append(seconds[i] / (0.5 * (seconds[i - 1] + seconds[i + 1])))
 
         components = component_costs(lm, monitors["6 emotions, 2 rules, trace"], tmp)
         steps = alternating_steps(monitors["6 emotions, 2 rules, trace"], n, args.alt_runs, tmp)
@@ -205,14 +209,15 @@ def main() -> None:
         "plain_s_median": round(float(np.median(plain)), 4),
         "monitored": {},
     }
-    print(f"model {lm.name}, {n} tokens, {args.reps} interleaved repetitions")
+    print(f"model {lm.name}, {n} tokens, {args.reps} repetitions, each run between plain runs")
     print(f"plain generation: median {np.median(plain):.3f} s (min {plain.min():.3f})")
     for name in monitors:
         runs = np.array(times[name])
         ratio_of_medians = float(np.median(runs) / np.median(plain))
-        paired = float(np.median(runs / plain))
+        ratios = np.array(paired_ratios[name])
+        paired = float(np.median(ratios))
         ratio_of_mins = float(runs.min() / plain.min())
-        low, high = bootstrap_ci(runs / plain)
+        low, high = bootstrap_ci(ratios)
         share = float(np.median(shares[name]))
         result["monitored"][name] = {
             "s_median": round(float(np.median(runs)), 4),

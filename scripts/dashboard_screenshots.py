@@ -1,7 +1,8 @@
 """Screenshots of the dashboard's main views for docs/img, from a real session.
 
 Starts the dashboard on a free loopback port with the given vectors, drives headless Chromium
-through a chat reply with an alert rule that counter-steers, a steered-vs-unsteered comparison and a trace replay.
+through a chat reply with an alert rule that counter-steers, a steered-vs-unsteered
+comparison and a trace replay.
 
     python scripts/dashboard_screenshots.py --vectors emovec-out/<model>/vectors.safetensors
 """

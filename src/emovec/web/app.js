@@ -61,7 +61,7 @@ function addRuleRow(emotion, kind = "level", threshold = 3, action = "") {
   kindSel.value = kind;
   const thr = el("input", { type: "number", step: "0.5", value: String(threshold), title: "z threshold" });
   const act = el("select", { class: "rule-action" });
-  for (const [v, t] of [["", "record"], ["stop", "stop"], ["steer", "counter-steer"]]) {
+  for (const [v, t] of [["", "record"], ["stop", "stop"], ["steer", "steer"]]) {
     act.append(el("option", { value: v, text: t }));
   }
   act.value = action;
@@ -70,12 +70,12 @@ function addRuleRow(emotion, kind = "level", threshold = 3, action = "") {
   counterEmotion.classList.add("counter-emotion");
   const counterStrength = el("input", { type: "number", step: "0.05", value: "0.3",
     class: "counter-strength", title: "counter-steer strength" });
-  const counter = el("span", { class: "counter-steer" }, "+", counterEmotion, counterStrength);
+  const counter = el("span", { class: "counter-steer" }, "on firing, steer", counterEmotion, "+", counterStrength);
   const showCounter = () => { counter.hidden = act.value !== "steer"; };
   act.addEventListener("change", showCounter);
   showCounter();
   const remove = el("button", { type: "button", text: "×", title: "remove" });
-  const row = el("div", { class: "rule-row" }, emotionSelect(emotion), kindSel, thr, act, counter, remove);
+  const row = el("div", { class: "rule-row" }, emotionSelect(emotion), kindSel, thr, act, remove, counter);
   remove.addEventListener("click", () => row.remove());
   $("rule-rows").append(row);
 }

@@ -122,3 +122,15 @@ def test_alert_firings_and_trace_replay(page, tmp_path):
     replay.locator(".reply-foot").filter(has_text="stopped by").wait_for()
     assert replay.locator(".token").count() >= 1 and replay.locator(".cell").count() >= 1
     shoot(page, tmp_path, "dashboard-replay.png")
+
+
+def test_sampling_with_a_seed_replays_the_same_reply(page):
+    page.fill("#temperature", "1.3")
+    page.fill("#seed", "11")
+    send(page, PROMPT, 6)
+    first = reply_text(page, ".turn:last-child .reply")
+    foot = page.locator(".turn:last-child .reply-foot").inner_text()
+    assert "temperature 1.3, seed 11" in foot
+    send(page, PROMPT, 6)
+    assert reply_text(page, ".turn:last-child .reply") == first  # same seed, same reply
+    page.fill("#temperature", "0")

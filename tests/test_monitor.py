@@ -124,6 +124,18 @@ def test_alert_fires_on_fear_prompt_but_not_on_neutral(fear_and_neutral):
     assert fired[0].row == 0 and fired[0].index == alert.fired_at
 
 
+def test_sampling_honours_the_seed(lm, vectors, baseline):
+    live = LiveMonitor(lm, vectors, emotions=["afraid"], baseline=baseline)
+    kwargs = {"max_new_tokens": 6, "temperature": 1.3}
+    first = live.generate(NEUTRAL_PROMPT, seed=5, **kwargs)
+    again = live.generate(NEUTRAL_PROMPT, seed=5, **kwargs)
+    assert again.token_ids == first.token_ids
+    np.testing.assert_array_equal(again.raw, first.raw)
+    assert first.sampling == {"temperature": 1.3, "seed": 5}
+    others = [live.generate(NEUTRAL_PROMPT, seed=s, **kwargs).token_ids for s in (6, 7)]
+    assert any(ids != first.token_ids for ids in others)  # the seed, not greedy, picked them
+
+
 def test_trace_round_trip(fear_and_neutral):
     live, replies, _, trace = fear_and_neutral
     loaded = read_trace(trace)

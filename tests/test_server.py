@@ -83,6 +83,14 @@ def test_websocket_streams_tokens_scores_and_writes_a_trace(server):
     assert reply["trace"] in httpx.get(server.url + "/api/traces").json()["traces"]
 
 
+def test_sampled_replies_follow_the_seed(server):
+    sampled = {**GENERATE, "max_new_tokens": 5, "temperature": 1.3, "seed": 21, "rules": []}
+    with ws_client.connect(socket_url(server)) as ws:
+        first, again = ask(ws, sampled)[-2], ask(ws, sampled)[-2]
+    assert first["type"] == "reply" and first["sampling"] == {"temperature": 1.3, "seed": 21}
+    assert again["text"] == first["text"]
+
+
 def test_bad_messages_get_errors_and_the_server_answers_the_next(server):
     cases = {
         "x" * 20_000: "too large",
@@ -98,6 +106,10 @@ def test_bad_messages_get_errors_and_the_server_answers_the_next(server):
         json.dumps({**GENERATE, "positions": "sideways"}): "positions must be one of",
         json.dumps({**GENERATE, "rules": [{"emotion": "sad", "kind": "wave"}]}): "alert kind",
         json.dumps({**GENERATE, "rules": "all"}): "rules must be a list",
+        json.dumps({**GENERATE, "temperature": 9}): "temperature must be 0..",
+        json.dumps({**GENERATE, "temperature": "hot"}): "temperature must be a number",
+        json.dumps({**GENERATE, "seed": -1}): "seed must be an integer",
+        json.dumps({**GENERATE, "seed": 1.5}): "seed must be an integer",
     }
     with ws_client.connect(socket_url(server)) as ws:
         for message, expected in cases.items():

@@ -740,6 +740,8 @@ class MonitoredReply:
     hidden: list[HiddenSpan]
     stopped_by: str
     steering: dict[str, float] = field(default_factory=dict)
+    #: how tokens were picked ({"temperature": 0.0} is greedy), with the seed that replays it
+    sampling: dict[str, Any] = field(default_factory=dict)
     #: wall time of the whole ``generate`` call, and the part of it that was monitoring work
     #: (scoring hooks, per-token work, the last token's pass, set-up and trace), timed in place
     seconds: float = 0.0
@@ -754,6 +756,7 @@ class MonitoredReply:
             "n_tokens": len(self.pieces),
             "stopped_by": self.stopped_by,
             "steering": self.steering,
+            "sampling": self.sampling,
             "seconds": round(self.seconds, 4),
             "monitor_seconds": round(self.monitor_seconds, 4),
             "alerts": [a.to_dict() for a in self.alerts],
@@ -1163,6 +1166,7 @@ class LiveMonitor:
             )
             for reply in replies:
                 reply.seconds, reply.monitor_seconds = ended - started, monitor_seconds
+                reply.sampling = {"temperature": float(temperature), "seed": seed}
             if writer is not None:
                 for reply in replies:
                     writer.write(reply.to_record())

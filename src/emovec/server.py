@@ -62,6 +62,7 @@ class Limits:
     rules: int = 12
     steering: int = 8
     strength: float = 2.0
+    temperature: float = 2.0
     trace_bytes: int = 8_000_000
 
 
@@ -197,6 +198,14 @@ class Dashboard:
         positions = message.get("positions", "all")
         if positions not in POSITIONS:
             raise RequestError(f"positions must be one of {', '.join(POSITIONS)}")
+        temperature = message.get("temperature", 0.0)
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            raise RequestError("temperature must be a number (0 is greedy)")
+        if not 0 <= temperature <= lim.temperature:
+            raise RequestError(f"temperature must be 0..{lim.temperature} (0 is greedy)")
+        seed = message.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise RequestError("seed must be an integer 0..4294967295")
         rules = message.get("rules") or []
         if not isinstance(rules, list) or len(rules) > lim.rules:
             raise RequestError(f"rules must be a list of at most {lim.rules}")
@@ -217,6 +226,8 @@ class Dashboard:
             "positions": positions,
             "rules": parsed_rules,
             "chat": bool(message.get("chat", True)),
+            "temperature": float(temperature),
+            "seed": seed,
             "compare": bool(message.get("compare", False)),
         }
 
@@ -250,6 +261,8 @@ class Dashboard:
             request["prompt"],
             max_new_tokens=request["max_new_tokens"],
             chat=request["chat"],
+            temperature=request["temperature"],
+            seed=request["seed"],  # the same for both sides of a comparison
             steering=steering or None,
             steer_positions=request["positions"],
             on_token=on_token,

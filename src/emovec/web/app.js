@@ -184,7 +184,10 @@ function finishReply(reply, record) {
       text: `${record.label}: ${h.emotion} z ${h.peak_z.toFixed(1)} at tokens ${h.start}-${h.end}, text reads ${h.text_sentiment.toFixed(2)}` }));
   }
   reply.box.querySelector(".reply-foot").textContent =
-    `${record.n_tokens} tokens, stopped by ${record.stopped_by}` + (record.trace ? ` · trace ${record.trace}` : "");
+    `${record.n_tokens} tokens, stopped by ${record.stopped_by}` +
+    (record.sampling && record.sampling.temperature > 0
+      ? ` · temperature ${record.sampling.temperature}, seed ${record.sampling.seed}` : "") +
+    (record.trace ? ` · trace ${record.trace}` : "");
 }
 
 function logAlert(alert, label) {
@@ -233,7 +236,8 @@ function send(event) {
   setBusy(true);
   state.socket.send(JSON.stringify({ type: "generate", prompt, max_new_tokens: Number($("max-tokens").value),
     emotions: watched(), steering: steer, positions: $("steer-positions").value, rules: rules(),
-    chat: $("chat-mode").checked, compare }));
+    chat: $("chat-mode").checked, compare,
+    temperature: Number($("temperature").value) || 0, seed: Math.trunc(Number($("seed").value)) || 0 }));
 }
 
 async function refreshTraces() {

@@ -87,8 +87,6 @@ class Monitor:
     center: bool = True
     callback: ScoreCallback | None = None
     chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    #: wall time spent inside the scoring hook so far (the monitor's own cost)
-    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.vectors.check_model(self.lm)
@@ -99,12 +97,10 @@ class Monitor:
         self._score = CosineScorer(self.lm, self.vectors, self.emotions, self.layer, self.center)
 
     def _hook(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
-        start = time.perf_counter()
         scores = self._score(hidden)
         self.chunks.append((offset, scores))
         if self.callback is not None:
             self.callback(offset, scores)
-        self.seconds += time.perf_counter() - start
 
     @contextmanager
     def watching(self) -> Iterator[Monitor]:

@@ -51,7 +51,7 @@ def main() -> None:
                 )
                 page = browser.new_page(viewport={"width": 1360, "height": 900})
                 page.set_default_timeout(600_000)
-                page.goto(server.url)
+                page.goto(server.page_url)
                 page.wait_for_selector("#status.ready")
                 rule = page.locator(".rule-row").first
                 rule.locator("select").first.select_option("afraid")

@@ -44,7 +44,7 @@ def page(server):
         )
         tab = browser.new_page(viewport={"width": 1280, "height": 860})
         tab.set_default_timeout(120_000)
-        tab.goto(server.url)
+        tab.goto(server.page_url)
         tab.wait_for_selector("#status.ready")
         yield tab
         browser.close()

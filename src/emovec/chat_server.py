@@ -2,15 +2,22 @@
 
 Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (no streaming), so that any client
 of that protocol, emovec's own endpoint author included, can use a bundled or local model.
-Requests are answered one at a time (one model, one lock); a request's ``seed`` makes its
-sampling reproducible.
+Requests are answered one at a time (one model, one lock) from a bounded queue: past it a
+request gets 429 with ``Retry-After``. A request's ``seed`` makes its sampling reproducible.
+
+Safe by default: loopback, the cross-site guard of :mod:`emovec.web_guard` (Host and Origin
+checked; an optional API key), request bodies validated by pydantic models with bounds, a cap
+on prompt tokens, chat-template control tokens refused in message text (they would forge
+role markers), and a reply whose client went away is cancelled instead of generated in full.
 """
 
-# No ``from __future__ import annotations``: FastAPI reads the handlers' annotations at
-# definition time, and ``Request`` is imported inside ``create_app`` (fastapi is optional).
+# No ``from __future__ import annotations``: FastAPI and pydantic read the annotations at
+# definition time, and the models are built inside ``create_app`` (fastapi is optional).
+import asyncio
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from emovec.models import LanguageModel
@@ -19,24 +26,86 @@ from emovec.models import LanguageModel
 MAX_TOKENS_LIMIT = 2048
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error"):
+@dataclass(frozen=True)
+class ChatLimits:
+    """Bounds on what requests may ask of the endpoint."""
+
+    body_bytes: int = 262_144
+    messages: int = 64
+    prompt_tokens: int = 2048
+    max_tokens: int = MAX_TOKENS_LIMIT
+    queue: int = 4  # requests running or waiting; more get 429
+    retry_after_s: int = 5
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", headers=None):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+    content = {"error": {"message": message, "type": kind}}
+    return JSONResponse(status_code=status, content=content, headers=headers)
 
 
-def create_app(lm: LanguageModel, model_id: str | None = None):
-    """A FastAPI app answering chat completions with ``lm``."""
+def _request_models(limits: ChatLimits):
+    """The pydantic models of a chat request, with the endpoint's bounds."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class Message(BaseModel):
+        model_config = ConfigDict(extra="ignore", strict=True)
+        role: Literal["system", "user", "assistant"]
+        content: str = Field(max_length=limits.body_bytes)
+
+    class ChatRequest(BaseModel):
+        # Unknown fields are ignored, as OpenAI-style servers do; known ones are strict.
+        model_config = ConfigDict(extra="ignore", strict=True)
+        messages: list[Message] = Field(min_length=1, max_length=limits.messages)
+        model: str | None = Field(None, max_length=256)
+        stream: bool = False
+        n: int = Field(1, ge=1, le=1)
+        max_tokens: int | None = Field(None, ge=1, le=limits.max_tokens)
+        max_completion_tokens: int | None = Field(None, ge=1, le=limits.max_tokens)
+        temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+        top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+        seed: int | None = Field(None, ge=0, lt=2**63)
+
+    return ChatRequest
+
+
+def control_tokens(lm: LanguageModel) -> list[str]:
+    """The tokenizer's special token strings (``<|im_end|>``...): never allowed in user text."""
+    return sorted({t for t in lm.tokenizer.all_special_tokens if t and len(t) > 1}, key=len)
+
+
+def create_app(
+    lm: LanguageModel,
+    model_id: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: ChatLimits = ChatLimits(),  # noqa: B008 - frozen
+):
+    """The chat endpoint's application for ``lm`` served at ``host:port``, behind the guard."""
     import torch
 
     from emovec.authoring import need_endpoint_extra
+    from emovec.web_guard import Guard, allowed_hosts
 
     need_endpoint_extra("fastapi")
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
 
     model_id = model_id or lm.name
+    chat_request = _request_models(limits)
+    forbidden = control_tokens(lm)
     lock = threading.Lock()
-    app = FastAPI(title="emovec chat endpoint", version="1")
+    queue = {"pending": 0}
+    app = FastAPI(title="emovec chat endpoint", version="1", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc):  # a 400 in the protocol's error shape, never a 500
+        return _error(400, _first_problem(exc.errors()))
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:
@@ -47,20 +116,48 @@ def create_app(lm: LanguageModel, model_id: str | None = None):
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _error(415, "send the body as JSON (Content-Type: application/json)")
+        raw = await _read_bounded(request, limits.body_bytes)
+        if raw is None:
+            return _error(413, f"the body is larger than {limits.body_bytes} bytes")
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "the body is not JSON")
-        problem = _check_body(body, model_id)
-        if problem:
+            body = chat_request.model_validate_json(raw)
+        except ValidationError as exc:
+            return _error(400, _first_problem(exc.errors()))
+        if problem := _check_body(body, model_id, forbidden):
             return _error(400, problem)
-        from starlette.concurrency import run_in_threadpool
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        prompt_ids = lm.tokenizer(lm.format_chat(messages), add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) > limits.prompt_tokens:
+            return _error(
+                400, f"the prompt has {len(prompt_ids)} tokens; at most {limits.prompt_tokens}"
+            )
+        if queue["pending"] >= limits.queue:
+            return _error(
+                429,
+                f"busy: {queue['pending']} requests are running or waiting; retry later",
+                kind="rate_limit_error",
+                headers={"Retry-After": str(limits.retry_after_s)},
+            )
+        queue["pending"] += 1
+        cancel = threading.Event()
 
-        def run() -> tuple[str, str, int, int]:
+        def run() -> tuple[str, str, int]:
             with lock:
-                return _complete(lm, body, torch)
+                if cancel.is_set():
+                    return "", "cancelled", 0
+                return _complete(lm, body, prompt_ids, torch, cancel)
 
-        text, finish, prompt_tokens, new_tokens = await run_in_threadpool(run)
+        try:
+            work = asyncio.ensure_future(asyncio.to_thread(run))
+            while not work.done():
+                await asyncio.wait({work}, timeout=0.25)
+                if not work.done() and await request.is_disconnected():
+                    cancel.set()  # the client went away: stop at the next token
+            text, finish, new_tokens = await work
+        finally:
+            queue["pending"] -= 1
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -74,51 +171,70 @@ def create_app(lm: LanguageModel, model_id: str | None = None):
                 }
             ],
             "usage": {
-                "prompt_tokens": prompt_tokens,
+                "prompt_tokens": len(prompt_ids),
                 "completion_tokens": new_tokens,
-                "total_tokens": prompt_tokens + new_tokens,
+                "total_tokens": len(prompt_ids) + new_tokens,
             },
         }
 
-    return app
+    return Guard(app, allowed_hosts(host, port), api_key, protected=("/v1",))
 
 
-def _check_body(body: Any, model_id: str) -> str | None:
-    """Why a chat request cannot be served, or None."""
-    if not isinstance(body, dict):
-        return "the body must be a JSON object"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    for m in messages:
-        if not (isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m):
-            return "each message needs a 'role' and a string 'content'"
-    if body.get("model") not in (None, model_id):
-        return f"model {body.get('model')!r} is not served here; this endpoint serves {model_id!r}"
-    if body.get("stream"):
+async def _read_bounded(request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it grows past ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _first_problem(errors) -> str:
+    """One line naming the first invalid field of a request, from pydantic's error list."""
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _check_body(body, model_id: str, forbidden: list[str]) -> str | None:
+    """Why a validated chat request cannot be served, or None."""
+    if body.model not in (None, model_id):
+        return f"model {body.model!r} is not served here; this endpoint serves {model_id!r}"
+    if body.stream:
         return "streaming is not supported; send stream=false"
-    if body.get("n", 1) != 1:
-        return "only n=1 is supported"
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 256))
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        return f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}"
-    for key, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
-        value = body.get(key)
-        if value is not None and not (isinstance(value, int | float) and lo <= value <= hi):
-            return f"{key} must be a number from {lo:g} to {hi:g}"
+    for i, message in enumerate(body.messages):
+        for token in forbidden:
+            if token in message.content:
+                return (
+                    f"messages.{i}.content contains the chat template's control token "
+                    f"{token!r}; remove it (it would forge a role marker)"
+                )
     return None
 
 
-def _complete(lm: LanguageModel, body: dict[str, Any], torch) -> tuple[str, str, int, int]:
-    """Generate one reply: (text, finish reason, prompt tokens, new tokens)."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 256))
-    temperature = float(body.get("temperature") or 0.0)
-    top_p = float(body.get("top_p") or 1.0)
-    prompt = lm.format_chat(messages)
-    ids = torch.tensor([lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    if body.get("seed") is not None:
-        torch.manual_seed(int(body["seed"]))
+def _complete(
+    lm: LanguageModel, body, prompt_ids: list[int], torch, cancel
+) -> tuple[str, str, int]:
+    """Generate one reply: (text, finish reason, new tokens); stops early once ``cancel`` is set."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+    max_tokens = body.max_tokens or body.max_completion_tokens or 256
+    temperature = float(body.temperature or 0.0)
+    top_p = float(body.top_p or 1.0)
+    ids = torch.tensor([prompt_ids])
+    if body.seed is not None:
+        torch.manual_seed(body.seed)
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p}
         if temperature > 0
@@ -130,18 +246,24 @@ def _complete(lm: LanguageModel, body: dict[str, Any], torch) -> tuple[str, str,
             attention_mask=torch.ones_like(ids).to(lm.device),
             max_new_tokens=max_tokens,
             pad_token_id=lm.tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([Cancelled()]),
             **sampling,
         )
     new = out[0, ids.shape[1] :].tolist()
+    if cancel.is_set():
+        return "", "cancelled", len(new)
     eos = lm.tokenizer.eos_token_id
     finished = eos in new if eos is not None else False
     text = lm.tokenizer.decode(new, skip_special_tokens=True).strip()
-    return text, "stop" if finished or len(new) < max_tokens else "length", ids.shape[1], len(new)
+    return text, "stop" if finished or len(new) < max_tokens else "length", len(new)
 
 
-def serve(lm: LanguageModel, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``lm`` until interrupted."""
+def serve(
+    lm: LanguageModel, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
+) -> None:
+    """Serve ``lm`` until interrupted (``api_key``: required as ``Authorization: Bearer``)."""
     from emovec.authoring import need_endpoint_extra
 
     uvicorn = need_endpoint_extra("uvicorn")
-    uvicorn.run(create_app(lm), host=host, port=port, log_level="info")
+    app = create_app(lm, host=host, port=port, api_key=api_key)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -875,6 +875,14 @@ def serve(
         Path | None, typer.Option(help="Baseline JSON: used if it exists, else written.")
     ] = None,
     calibrate_limit: Annotated[int, typer.Option(help="Neutral dialogues to calibrate on.")] = 64,
+    no_token: Annotated[
+        bool,
+        typer.Option(
+            "--no-token",
+            help="Serve without the per-launch secret (tests only: any local program can then "
+            "drive the model).",
+        ),
+    ] = False,
 ) -> None:
     """Web dashboard: chat with the model, live heatmaps and timelines, steering, alerts."""
     try:
@@ -894,8 +902,14 @@ def serve(
         err.print(
             f"[yellow]warning:[/] listening on {host}: anyone who can reach it can use the model"
         )
-    out.print(f"emovec dashboard on http://{host}:{port}  (data folder: {data.resolve()})")
-    run_server(lm, vecs, data_dir=data, host=host, port=port, baseline=base)
+    from emovec.web_guard import new_token
+
+    token = None if no_token else new_token()
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    out.print(f"emovec dashboard on {url}", markup=False, highlight=False)
+    out.print(f"(data folder: {data.resolve()}; open the URL above, token included)", markup=False)
+    run_server(lm, vecs, data_dir=data, host=host, port=port, baseline=base, token=token)
 
 
 # --- corpus writing: `emovec corpus stories|neutral|serve` -------------------------------------
@@ -1080,11 +1094,20 @@ def corpus_serve(
     model: ModelOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EMOVEC_API_KEY",
+            help="Require this key as 'Authorization: Bearer KEY' (set it when not on loopback).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model as an OpenAI-compatible chat endpoint (/v1/chat/completions)."""
     from emovec.chat_server import serve
 
-    serve(_load(model), host=host, port=port)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone can use it")
+    serve(_load(model), host=host, port=port, api_key=api_key)
 
 
 def main() -> None:

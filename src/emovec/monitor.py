@@ -386,6 +386,8 @@ class AlertRule:
             raise MonitorError("alert threshold must be a finite number")
         if self.action == "steer" and not self.steer:
             raise MonitorError("a steer action needs strengths, e.g. calm+0.3")
+        if not all(math.isfinite(s) for _, s in self.steer):
+            raise MonitorError("counter-steer strengths must be finite numbers")
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from emovec.models import LanguageModel
 from emovec.monitor import (
@@ -34,6 +36,7 @@ from emovec.monitor import (
 )
 from emovec.steering import POSITIONS
 from emovec.vectors import EmotionVectors, VectorFileError
+from emovec.web_guard import Guard, allowed_hosts, new_token
 
 #: The files of the page; nothing else is served from the package.
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
@@ -62,8 +65,16 @@ class Limits:
     rules: int = 12
     steering: int = 8
     strength: float = 2.0
+    total_strength: float = 4.0  # sum of |s| over steering and every rule's counter-steer
     temperature: float = 2.0
     trace_bytes: int = 8_000_000
+
+
+class VectorsBody(BaseModel):
+    """``POST /api/vectors``: switch to a vector file of the data folder."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    file: str = Field(min_length=1, max_length=128)
 
 
 class RequestError(ValueError):
@@ -191,8 +202,8 @@ class Dashboard:
         for emotion, strength in steering.items():
             if not isinstance(strength, int | float) or isinstance(strength, bool):
                 raise RequestError(f"steering strength of {emotion!r} must be a number")
-            if not abs(strength) <= lim.strength:
-                raise RequestError(f"steering strengths must be within +-{lim.strength}")
+            if not math.isfinite(strength) or not abs(strength) <= lim.strength:
+                raise RequestError(f"steering strengths must be finite, within +-{lim.strength}")
             if strength:
                 clean_steering[self.vectors.resolve(emotion)] = float(strength)
         positions = message.get("positions", "all")
@@ -214,9 +225,20 @@ class Dashboard:
             if not isinstance(rule, dict):
                 raise RequestError("each rule must be an object")
             parsed = AlertRule.from_dict(rule)
-            if parsed.action == "steer" and any(abs(s) > lim.strength for _, s in parsed.steer):
-                raise RequestError(f"counter-steer strengths must be within +-{lim.strength}")
+            counter = [s for _, s in parsed.steer] if parsed.action == "steer" else []
+            if not all(math.isfinite(s) and abs(s) <= lim.strength for s in counter):
+                raise RequestError(
+                    f"counter-steer strengths must be finite, within +-{lim.strength}"
+                )
             parsed_rules.append(parsed)
+        total = sum(map(abs, clean_steering.values())) + sum(
+            abs(s) for r in parsed_rules if r.action == "steer" for _, s in r.steer
+        )
+        if total > lim.total_strength:
+            raise RequestError(
+                f"total steering (sum of |strength| over steering and counter-steers) is "
+                f"{total:g}; at most {lim.total_strength:g}"
+            )
         return {
             "type": "generate",
             "prompt": prompt,
@@ -272,8 +294,14 @@ class Dashboard:
         emit({**reply.to_record(), "label": label, "trace": name})
 
 
-def create_app(dashboard: Dashboard) -> FastAPI:
-    """The FastAPI application of one dashboard."""
+def create_app(
+    dashboard: Dashboard, host: str = "127.0.0.1", port: int = 8765, token: str | None = None
+) -> Guard:
+    """The application of one dashboard served at ``host:port``, behind the cross-site guard.
+
+    ``token`` is the per-launch secret that API and websocket calls must present (``None``
+    turns that check off: tests only); Host and Origin are always checked.
+    """
     app = FastAPI(title="emovec dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     web = resources.files("emovec") / "web"
 
@@ -307,14 +335,18 @@ def create_app(dashboard: Dashboard) -> FastAPI:
             return dashboard.trace(name)
         except RequestError as exc:
             return failure(exc)
+        except Exception as exc:  # a trace is untrusted input: never a 500
+            return failure(RequestError(f"trace {name!r} cannot be read ({type(exc).__name__})"))
 
     @app.post("/api/vectors")
-    async def vectors(body: dict[str, Any]):
+    async def vectors(body: VectorsBody):
         async with dashboard.lock:  # never swap vectors under a running generation
             try:
-                return await asyncio.to_thread(dashboard.use_vectors, body.get("file"))
+                return await asyncio.to_thread(dashboard.use_vectors, body.file)
             except (RequestError, MonitorError) as exc:
                 return failure(exc)
+            except Exception as exc:  # a vector file is untrusted input: never a 500
+                return failure(RequestError(f"vector file {body.file!r} is not usable: {exc}"))
 
     @app.websocket("/ws")
     async def socket(ws: WebSocket) -> None:
@@ -335,7 +367,7 @@ def create_app(dashboard: Dashboard) -> FastAPI:
         except WebSocketDisconnect:
             return
 
-    return app
+    return _guarded(app, host, port, token)
 
 
 async def _stream(dashboard: Dashboard, request: dict[str, Any], ws) -> bool:
@@ -374,6 +406,10 @@ async def _stream(dashboard: Dashboard, request: dict[str, Any], ws) -> bool:
     return True
 
 
+def _guarded(app: FastAPI, host: str, port: int, token: str | None) -> Guard:
+    return Guard(app, allowed_hosts(host, port), token)
+
+
 def serve(
     lm: LanguageModel,
     vectors: EmotionVectors,
@@ -382,8 +418,9 @@ def serve(
     port: int = 8765,
     baseline: Baseline | None = None,
     calibration_limit: int = 64,
+    token: str | None = None,
 ) -> None:
-    """Run the dashboard until interrupted."""
+    """Run the dashboard until interrupted (``token``: see :func:`create_app`)."""
     import uvicorn
 
     dashboard = Dashboard(
@@ -391,7 +428,7 @@ def serve(
     )
     limits = dashboard.limits
     uvicorn.run(
-        create_app(dashboard),
+        create_app(dashboard, host, port, token),
         host=host,
         port=port,
         log_level="warning",
@@ -402,7 +439,14 @@ def serve(
 class ServerThread:
     """A dashboard served from a background thread (for notebooks and tests); ``stop()`` ends it."""
 
-    def __init__(self, dashboard: Dashboard, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        dashboard: Dashboard,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = "new",
+    ) -> None:
+        """``token="new"`` makes a fresh secret (kept as ``.token``); ``None`` turns it off."""
         import socket
 
         import uvicorn
@@ -411,8 +455,9 @@ class ServerThread:
             with socket.socket() as probe:
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
+        self.token = new_token() if token == "new" else token
         config = uvicorn.Config(
-            create_app(dashboard),
+            create_app(dashboard, host, port, self.token),
             host=host,
             port=port,
             log_level="warning",
@@ -421,6 +466,8 @@ class ServerThread:
         self.dashboard = dashboard
         self.server = uvicorn.Server(config)
         self.url = f"http://{host}:{port}"
+        #: What a person opens: the page with the token that its API calls present.
+        self.page_url = self.url + (f"/?token={self.token}" if self.token else "/")
         self.thread = threading.Thread(target=self.server.run, name="emovec-serve", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30

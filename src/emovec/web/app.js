@@ -6,6 +6,10 @@ const PALETTE = ["#d62728", "#9467bd", "#e6a100", "#1f77b4", "#2ca02c", "#17becf
   "#7b4173", "#3182bd"];
 const $ = (id) => document.getElementById(id);
 const state = { info: null, socket: null, busy: false, replies: {}, turn: null };
+// The per-launch secret the server printed in the page's URL; every API call presents it.
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const api = (path, options = {}) =>
+  fetch(path, { ...options, headers: { ...(options.headers || {}), "X-Emovec-Token": TOKEN } });
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -218,7 +222,8 @@ function onMessage(event) {
 }
 
 function connect() {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  const ws = new WebSocket(
+    `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?token=${encodeURIComponent(TOKEN)}`);
   ws.onopen = () => setBusy(false);
   ws.onmessage = onMessage;
   ws.onclose = () => { setStatus("offline: reconnecting", ""); setTimeout(connect, 1500); };
@@ -241,7 +246,7 @@ function send(event) {
 }
 
 async function refreshTraces() {
-  const res = await fetch("/api/traces");
+  const res = await api("/api/traces");
   const { traces } = await res.json();
   const list = $("trace-list"), keep = list.value;
   list.replaceChildren(...traces.map((t) => el("option", { value: t, text: t })));
@@ -251,7 +256,7 @@ async function refreshTraces() {
 async function replay() {
   const name = $("trace-list").value;
   if (!name) return;
-  const res = await fetch(`/api/traces/${encodeURIComponent(name)}`);
+  const res = await api(`/api/traces/${encodeURIComponent(name)}`);
   const data = await res.json();
   if (data.error) { showError(data.error); return; }
   const replyInfo = data.replies[0] || {};
@@ -267,7 +272,7 @@ async function replay() {
 }
 
 async function init() {
-  state.info = await (await fetch("/api/info")).json();
+  state.info = await (await api("/api/info")).json();
   const info = state.info;
   $("model-info").textContent = `${info.model} · reading layer ${info.layer} · steering layer ${info.steer_layer} · baseline: ${info.baseline.source}`;
   for (const e of info.emotions) {

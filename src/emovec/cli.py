@@ -34,6 +34,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.hooks import UnsupportedModelError
     from emovec.models import ModelError
     from emovec.monitor import MonitorError
+    from emovec.sandbox import SandboxUnavailable
     from emovec.studies import StudyError
     from emovec.vectors import VectorFileError
 
@@ -47,6 +48,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
         ExperimentError,
         MonitorError,
         StudyError,
+        SandboxUnavailable,
         ValueError,
         IndexError,
         ImportError,
@@ -617,6 +619,14 @@ def run_(
         str | None, typer.Option(help="OpenAI-compatible endpoint for an LLM judge.")
     ] = None,
     judge_model: Annotated[str, typer.Option(help="Judge model name.")] = "gpt-4o-mini",
+    unsafe_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-sandbox",
+            help="Run model-written code without bubblewrap (rlimits and an audit hook only: "
+            "no security boundary). Without bwrap, code-running studies are refused otherwise.",
+        ),
+    ] = False,
 ) -> None:
     """Run (or continue) a study; rollouts are appended as they finish, so rerun to resume.
 
@@ -624,10 +634,19 @@ def run_(
     """
     import os
 
+    from emovec import sandbox
     from emovec.studies import Condition, Judge, Study, load_scenario, run_study
     from emovec.vectors import EmotionVectors
 
     sc = load_scenario(scenario)
+    if sc.grader == "hidden_checks":
+        if unsafe_sandbox:
+            os.environ[sandbox.UNSAFE_ENV] = "1"
+            if not sandbox.bwrap_available():
+                err.print(
+                    f"[yellow]warning:[/] {sandbox.INSTALL_HINT.split(':')[0]}; running unsafe"
+                )
+        sandbox.ensure_available()
     chosen = _layers(layers)
     extra = {"layers": tuple(chosen) if chosen else None, "positions": positions}
     conditions = (

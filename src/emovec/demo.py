@@ -137,12 +137,20 @@ def run_experiments(
 
 def run_case_studies(lm, vectors: EmotionVectors, out_dir: Path, console: Console) -> dict:
     """Each bundled scenario unsteered and under its headline condition (see CASE_STUDIES)."""
+    from emovec.sandbox import SandboxUnavailable, ensure_available
     from emovec.studies import Condition, Study, load_scenario, run_study
 
     rates = {}
     for name, (emotion, strength) in CASE_STUDIES.items():
+        scenario = load_scenario(name)
+        if scenario.grader == "hidden_checks":
+            try:
+                ensure_available()
+            except SandboxUnavailable as exc:
+                console.print(f"case study {name}: skipped ({exc})")
+                continue
         study = Study(
-            load_scenario(name),
+            scenario,
             [Condition(), Condition(emotion, strength)],
             rollouts=CASE_ROLLOUTS,
             max_new_tokens=CASE_TOKENS,

@@ -40,7 +40,7 @@ def lm():
 def corpus():
     from emovec.corpus import load_corpus
 
-    return load_corpus("curated")
+    return load_corpus("curated-v1")
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,7 @@ def test_neutral_dialogues_are_many_on_topic_and_free_of_emotion_words(corpus):
 
 
 def test_corpus_hash_is_stable_and_content_sensitive(corpus):
-    again = load_corpus("curated")
+    again = load_corpus("curated-v1")
     assert again.hash == corpus.hash
     assert corpus.subset(["happy"]).hash != corpus.hash
 

@@ -64,3 +64,28 @@ def test_bad_input_to_read(lm, vectors):
         read(lm, vectors, "hello", layer=31)
     with pytest.raises(ValueError, match="hapy"):
         read(lm, vectors, "hello", emotions=["hapy"])
+
+
+def test_summary_pools_like_extraction_and_skips_the_chat_template(lm, vectors):
+    from emovec.reading import POOLS
+
+    long_text = " ".join(["The committee met on Tuesday and went through the agenda."] * 8)
+    r = read(lm, vectors, long_text)
+    n = len(r.tokens)
+    assert n >= 60
+    start = vectors.params["start_token"]
+    np.testing.assert_allclose(r.summary(), r.scores[start - 1 :].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(r.summary("all"), r.scores.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(r.summary("last"), r.scores[-1], rtol=1e-6)
+    short = read(lm, vectors, "She smiled at the letter.")
+    half = len(short.tokens) // 2
+    np.testing.assert_allclose(short.summary(), short.scores[half:].mean(axis=0), rtol=1e-6)
+
+    chat = read(lm, vectors, "My dog died this morning.", chat=True, pool="all")
+    lo, hi = chat.span
+    assert "".join(chat.tokens[lo:hi]).strip() == "My dog died this morning."
+    np.testing.assert_allclose(chat.summary(), chat.scores[lo:hi].mean(axis=0), rtol=1e-6)
+    assert chat.to_dict()["span"] == [lo, hi] and chat.to_dict()["pool"] == "all"
+    with pytest.raises(ValueError) as info:
+        read(lm, vectors, "hello", pool="median")
+    assert "median" in str(info.value) and all(p in str(info.value) for p in POOLS)

@@ -293,6 +293,12 @@ def _any_emotion_pattern() -> re.Pattern:
     return re.compile(r"\b(?:" + "|".join(alts) + r")\b", re.IGNORECASE)
 
 
+def any_emotion_word(text: str) -> str | None:
+    """The first catalog emotion word in ``text`` (everyday senses aside), or None."""
+    match = _any_emotion_pattern().search(text)
+    return match.group(0) if match else None
+
+
 def junk_reason(text: str) -> str | None:
     """Why a text is not prose (mostly symbols, or looping on itself), or None."""
     visible = [c for c in text if not c.isspace()]

@@ -162,13 +162,29 @@ def extract(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the vectors.")],
     model: ModelOpt = None,
     corpus: Annotated[
-        str, typer.Option(help="'curated' (bundled), a corpus folder or a stories .jsonl.")
+        str,
+        typer.Option(
+            help="'curated' (bundled, = curated-v2), 'curated-v1', a corpus folder or a "
+            "stories .jsonl."
+        ),
     ] = "curated",
     layers: Annotated[str | None, typer.Option(help="Layers, e.g. 10,20 or 5-25.")] = None,
     start_token: Annotated[int, typer.Option(help="First pooled token (1-based).")] = 50,
     neutral_variance: Annotated[
-        float, typer.Option(help="Variance share of neutral PCs removed; 0 = off.")
+        float, typer.Option(help="Variance share of the denoising PCs removed; 0 = off.")
     ] = 0.5,
+    denoise: Annotated[
+        str,
+        typer.Option(
+            help="Denoising source: dialogues (the study's), neutral-stories, within, none."
+        ),
+    ] = "dialogues",
+    reader: Annotated[
+        str, typer.Option(help="Reading directions: mean (the vectors) or whitened.")
+    ] = "mean",
+    shrinkage: Annotated[
+        float, typer.Option(help="Shrinkage of the within-emotion covariance (whitened).")
+    ] = 0.3,
     batch_size: Annotated[
         int | None, typer.Option(help="Texts per forward pass (default: 4 on CPU, 32 on GPU).")
     ] = None,
@@ -198,6 +214,9 @@ def extract(
         layers=_layers(layers),
         start_token=start_token,
         neutral_variance=neutral_variance,
+        denoise=denoise,
+        reader=reader,
+        shrinkage=shrinkage,
         batch_size=batch_size,
         holdout_every=holdout_every,
         cache=cache,
@@ -213,6 +232,13 @@ def extract(
         h = vectors.metrics["heldout"]
         i = vectors.layers.index(vectors.default_layer)
         out.print(f"held-out top-1 {h['top1'][i]:.3f}, top-5 {h['top5'][i]:.3f} at that layer")
+    if "reliability" in vectors.metrics:
+        rel = vectors.metrics["reliability"]
+        i = rel["layers"].index(vectors.default_layer)
+        out.print(
+            f"split-half reliability (Spearman-Brown, by {rel['split']}) at that layer: "
+            f"vectors {rel['vector'][i]:.3f}, geometry {rel['geometry'][i]:.3f}"
+        )
 
 
 @command
@@ -236,8 +262,20 @@ def info(
         f"layers: {meta['layers'][0]}..{meta['layers'][-1]} ({len(meta['layers'])}), "
         f"default {meta['default_layer']}; d_model {meta['d_model']}"
     )
-    out.print(f"emotions: {len(meta['emotions'])}; corpus: {meta['corpus']}")
-    out.print(f"method: {meta['params']}")
+    out.print(f"emotions: {len(meta['emotions'])}; corpus: {meta['corpus']}", markup=False)
+    out.print(f"method: {meta['params']}", markup=False)
+    rel = meta["metrics"].get("reliability")
+    if rel:
+        table = Table(
+            "layer",
+            "vectors (S-B)",
+            "geometry (S-B)",
+            title=f"split-half reliability, by {rel['split']}",
+        )
+        for layer, v, g in zip(rel["layers"], rel["vector"], rel["geometry"], strict=True):
+            mark = " *" if layer == meta["default_layer"] else ""
+            table.add_row(f"{layer}{mark}", f"{v:.3f}", f"{g:.3f}")
+        out.print(table)
 
 
 def _colour(value: float, scale: float) -> str:
@@ -259,6 +297,13 @@ def read(
     raw: Annotated[bool, typer.Option(help="Raw cosine, without centring.")] = False,
     top: Annotated[int, typer.Option(help="Emotions to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="How the text-level summary pools tokens: extraction (from the file's start "
+            "token on, short texts their second half; the default), all, or last."
+        ),
+    ] = "extraction",
 ) -> None:
     """Per-token emotion scores of a text, coloured by its top emotion."""
     from emovec.reading import read as run_read
@@ -275,7 +320,7 @@ def read(
     if layer is not None:
         vecs.layer_index(layer)
     lm = _load(model, vecs)
-    reading = run_read(lm, vecs, text, layer=layer, chat=chat, center=not raw)
+    reading = run_read(lm, vecs, text, layer=layer, chat=chat, center=not raw, pool=pool)
     if as_json:
         print(json.dumps(reading.to_dict()))
         return
@@ -288,7 +333,7 @@ def read(
     )
     out.print(f"layer {reading.layer}; colour = {lead} (red +, blue -)")
     out.print(line)
-    table = Table("emotion", "mean", "last token")
+    table = Table("emotion", f"pooled ({reading.pool})", "last token")
     last = reading.last
     for name, value in reading.top(top):
         table.add_row(name, f"{value:+.3f}", f"{last[name]:+.3f}")

@@ -4,7 +4,9 @@ Format (documented in docs/corpus.md): a corpus is a folder holding ``stories.js
 ``stories/`` folder of ``*.jsonl`` parts, and ``neutral.jsonl``. A story record is
 ``{"emotion": str, "text": str, "topic"?: str, "narration"?: "first"|"third"}``; a neutral
 record is ``{"turns": [{"role": "user"|"assistant", "content": str}, ...], "topic"?: str}`` or
-``{"text": str}``. A single ``.jsonl`` file of stories is a corpus without neutral dialogues.
+``{"text": str}``. An optional ``neutral_stories.jsonl`` holds emotionally neutral stories
+(``{"text": str, "topic"?: str}``), an alternative denoising source. A single ``.jsonl`` file
+of stories is a corpus without neutral dialogues.
 A folder written by ``emovec corpus stories|neutral`` (:mod:`emovec.authoring`) also holds
 ``manifest.json`` (kept as :attr:`Corpus.manifest`), the raw replies and the rejected items,
 which loading ignores.
@@ -22,7 +24,14 @@ from typing import Any
 from emovec import catalog
 from emovec.models import PLAIN_CHAT_ROLES
 
+#: The bundled corpora: v1 (6 stories per emotion, topics drawn per emotion) and v2 (the
+#: crossed design: every emotion on the same 16 topics, plus neutral stories on them).
+CURATED_V1 = "curated-v1"
+CURATED_V2 = "curated-v2"
+#: What ``"curated"`` names: the bundled corpus that the defaults are chosen on.
 CURATED = "curated"
+CURATED_DEFAULT = CURATED_V2
+BUNDLED = {CURATED_V1: "corpus", CURATED_V2: "corpus_v2"}
 
 
 class CorpusError(ValueError):
@@ -37,6 +46,8 @@ class Corpus:
     neutral: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: Emotionally neutral stories (same style as the emotion stories), for denoising.
+    neutral_stories: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def emotions(self) -> list[str]:
@@ -55,7 +66,8 @@ class Corpus:
     def hash(self) -> str:
         """Content hash of every record (order-sensitive), recorded in vector files."""
         digest = hashlib.sha256()
-        for record in [*self.stories, {"--": "neutral"}, *self.neutral]:
+        tail = [{"--": "neutral stories"}, *self.neutral_stories] if self.neutral_stories else []
+        for record in [*self.stories, {"--": "neutral"}, *self.neutral, *tail]:
             digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
             digest.update(b"\n")
         return digest.hexdigest()[:16]
@@ -63,7 +75,7 @@ class Corpus:
     def subset(self, emotions: list[str]) -> Corpus:
         keep = set(emotions)
         stories = [s for s in self.stories if s["emotion"] in keep]
-        return Corpus(stories, self.neutral, self.source, self.manifest)
+        return Corpus(stories, self.neutral, self.source, self.manifest, self.neutral_stories)
 
 
 def render_dialogue(record: dict[str, Any]) -> str:
@@ -119,21 +131,31 @@ def _check_neutral(records: list[dict[str, Any]], where: str) -> list[dict[str, 
 
 
 def load_corpus(spec: str | Path = CURATED) -> Corpus:
-    """Load the bundled curated corpus (``"curated"``), a corpus folder, or a stories file."""
-    if str(spec) == CURATED:
-        root = resources.files("emovec.data").joinpath("corpus")
+    """Load a bundled corpus (``"curated"`` = v2, ``"curated-v1"``, ``"curated-v2"``), a corpus
+    folder, or a stories file."""
+    name = CURATED_DEFAULT if str(spec) == CURATED else str(spec)
+    if name in BUNDLED:
+        root = resources.files("emovec.data").joinpath(BUNDLED[name])
         stories = []
         for part in sorted(root.joinpath("stories").iterdir(), key=lambda p: p.name):
             if part.name.endswith(".jsonl"):
                 stories += read_jsonl(Path(str(part)))
         neutral = read_jsonl(Path(str(root.joinpath("neutral.jsonl"))))
-        return Corpus(_check_stories(stories, CURATED), _check_neutral(neutral, CURATED), CURATED)
+        extra = root.joinpath("neutral_stories.jsonl")
+        neutral_stories = read_jsonl(Path(str(extra))) if extra.is_file() else []
+        return Corpus(
+            _check_stories(stories, name),
+            _check_neutral(neutral, name),
+            name,
+            neutral_stories=_check_neutral(neutral_stories, name),
+        )
     path = Path(spec).expanduser()
     if path.is_file():
         return Corpus(_check_stories(read_jsonl(path), str(path)), [], str(path))
     if not path.is_dir():
         raise CorpusError(
-            f"corpus not found: {spec} (give 'curated', a corpus folder, or a stories .jsonl file)"
+            f"corpus not found: {spec} (give 'curated', 'curated-v1', 'curated-v2', a corpus "
+            "folder, or a stories .jsonl file)"
         )
     parts = [path / "stories.jsonl"] if (path / "stories.jsonl").is_file() else []
     if (path / "stories").is_dir():
@@ -148,12 +170,15 @@ def load_corpus(spec: str | Path = CURATED) -> Corpus:
     stories = [r for p in parts for r in read_jsonl(p)]
     neutral_file = path / "neutral.jsonl"
     neutral = read_jsonl(neutral_file) if neutral_file.is_file() else []
+    extra = path / "neutral_stories.jsonl"
+    neutral_stories = read_jsonl(extra) if extra.is_file() else []
     manifest = _read_manifest(path / "manifest.json")
     return Corpus(
         _check_stories(stories, str(path)),
         _check_neutral(neutral, str(path)),
         str(path),
         manifest,
+        _check_neutral(neutral_stories, str(path)),
     )
 
 

@@ -7,11 +7,25 @@
    weights are zero on padding. The pass stops after the deepest requested layer and never
    computes the LM head.
 2. Per emotion: the mean of its stories' averages, minus the mean over emotions.
-3. Denoising: the neutral dialogues' averages (same pooling) give principal components;
-   those that together explain ``neutral_variance`` of the variance (0.5 in the study) are
-   projected out of every vector. ``neutral_variance=0`` switches this off.
+3. Denoising (``denoise``): principal components that together explain ``neutral_variance``
+   of the variance (0.5 in the study) are projected out of every vector. Their source is
+   the neutral dialogues (``"dialogues"``, the study's method), the neutral stories
+   (``"neutral-stories"``: same style as the emotion stories, so style directions go too),
+   or the story-to-story variation within emotions (``"within"``: what varies most between
+   stories of one emotion is topic and voice, not emotion); ``"none"`` or
+   ``neutral_variance=0`` switches it off.
 4. Vectors are unit-normalised; cosine readouts and norm-scaled steering then need no
    further convention.
+5. Reading directions (``reader``): ``"mean"`` reads with the vectors themselves;
+   ``"whitened"`` reads with each vector multiplied by the inverse of the within-emotion
+   covariance, shrunk towards its mean variance by ``shrinkage`` (linear discriminant
+   directions): they weigh down what varies between stories of one emotion. Steering always
+   uses the vectors.
+6. Reliability: the stories are split in two halves (by topic when every emotion covers the
+   same topics, else alternately), vectors are built from each half with the same method,
+   and per layer the mean same-emotion cosine between halves (and the correlation of the two
+   halves' emotion-by-emotion similarity matrices) is stepped up to the whole corpus with
+   the Spearman-Brown formula, 2r / (1 + r). Recorded in ``metrics["reliability"]``.
 
 Memory is constant in the number of stories: only per-emotion sums, a d_model x d_model
 scatter matrix per layer for the neutral texts, and held-out stories (if any) are kept.
@@ -51,6 +65,41 @@ class ExtractionSettings:
     max_tokens: int = 512
     layers: list[int] | None = None
     holdout_every: int = 0
+    #: source of the components projected out: see DENOISE
+    denoise: str = "dialogues"
+    #: directions used for reading: see READERS
+    reader: str = "mean"
+    #: shrinkage of the within-emotion covariance towards a multiple of the identity (whitened)
+    shrinkage: float = 0.3
+
+    def check(self) -> None:
+        """Refuse unknown method names and out-of-range values, naming the choices."""
+        if self.denoise not in DENOISE:
+            raise ValueError(
+                f"unknown denoising method {self.denoise!r}: choose one of {', '.join(DENOISE)}"
+            )
+        if self.reader not in READERS:
+            raise ValueError(f"unknown reader {self.reader!r}: choose one of {', '.join(READERS)}")
+        if not 0 < self.shrinkage <= 1:
+            raise ValueError(f"shrinkage must be in (0, 1], got {self.shrinkage}")
+        if not 0 <= self.neutral_variance < 1:
+            raise ValueError(f"neutral_variance must be in [0, 1), got {self.neutral_variance}")
+        if self.start_token < 1:
+            raise ValueError(f"start_token must be >= 1, got {self.start_token}")
+
+
+#: Denoising sources (the study's is "dialogues").
+DENOISE = {
+    "dialogues": "principal components of the neutral dialogues",
+    "neutral-stories": "principal components of the neutral stories",
+    "within": "principal components of the story-to-story variation within emotions",
+    "none": "no denoising",
+}
+#: Reading directions.
+READERS = {
+    "mean": "the unit vectors themselves (class-mean differences)",
+    "whitened": "vectors times the inverse shrunk within-emotion covariance (discriminant)",
+}
 
 
 def pooling_weights(lengths: torch.Tensor, width: int, start_token: int) -> torch.Tensor:
@@ -310,6 +359,18 @@ def pooled_activations(
     return out
 
 
+def top_components(cov: torch.Tensor, variance: float) -> torch.Tensor:
+    """Orthonormal [d, k] basis of the top principal directions of a covariance explaining
+    ``variance`` of its trace (k = 0 when ``variance`` <= 0)."""
+    if variance <= 0:
+        return torch.zeros(cov.shape[0], 0, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh(cov.double())
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    share = torch.cumsum(values, 0) / values.sum().clamp(min=1e-300)
+    k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype))) + 1
+    return vectors[:, : min(k, cov.shape[0])]
+
+
 def neutral_components(scatter: torch.Tensor, total: torch.Tensor, n: int, variance: float):
     """Per layer, the top principal directions of the neutral texts explaining ``variance``.
 
@@ -323,28 +384,139 @@ def neutral_components(scatter: torch.Tensor, total: torch.Tensor, n: int, varia
             continue
         mean = total[layer] / n
         cov = scatter[layer] / n - torch.outer(mean, mean)
-        values, vectors = torch.linalg.eigh(cov)
-        values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
-        share = torch.cumsum(values, 0) / values.sum()
-        k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype))) + 1
-        bases.append(vectors[:, :k])
+        bases.append(top_components(cov, variance))
     return bases
+
+
+def within_covariance(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor):
+    """Pooled within-emotion covariance [L, d, d] from the stories' scatter sum x x^T [L, d, d],
+    per-emotion sums [L, E, d] and counts [E]: (S - sum_e s_e s_e^T / n_e) / (N - E)."""
+    present = counts > 0
+    s_e = sums[:, present].double()
+    between = torch.einsum("lei,lej->lij", s_e / counts[present].view(1, -1, 1), s_e)
+    dof = max(float(counts.sum()) - int(present.sum()), 1.0)
+    return (scatter - between) / dof
+
+
+@dataclass
+class Directions:
+    """What a method makes of per-emotion sums: unit vectors, reading directions, grand mean."""
+
+    vectors: torch.Tensor  # [L, E, d] float32 unit
+    grand: torch.Tensor  # [L, d] float32
+    readers: torch.Tensor | None = None  # [L, E, d] float32 unit (whitened), or None
+
+    @property
+    def for_reading(self) -> torch.Tensor:
+        return self.vectors if self.readers is None else self.readers
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def build_directions(
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    bases: list[torch.Tensor],
+    within: torch.Tensor | None = None,
+    shrinkage: float = 0.3,
+) -> Directions:
+    """Centred, denoised unit vectors, and (with ``within`` [L, d, d]) whitened readers.
+
+    Whitened reader of emotion e: P R^-1 P v_e with P the projection that removes the
+    denoising basis and R = (1 - a) P W P + a (tr(P W P) / rank P) I the within-emotion
+    covariance W shrunk by a = ``shrinkage``.
+    """
+    means = sums / counts.clamp(min=1).view(1, -1, 1)
+    grand = means.mean(dim=1)
+    centred = means - grand.unsqueeze(1)
+    vectors = torch.empty_like(centred)
+    readers = torch.empty_like(centred) if within is not None else None
+    d = sums.shape[-1]
+    for layer, basis in enumerate(bases):
+        v = centred[layer]
+        if basis.shape[1]:
+            v = v - (v @ basis) @ basis.T
+        vectors[layer] = _unit(v)
+        if readers is not None and within is not None:
+            proj = torch.eye(d, dtype=torch.float64) - basis @ basis.T
+            w = proj @ within[layer].double() @ proj
+            scale = float(torch.trace(w)) / max(d - basis.shape[1], 1)
+            r = (1 - shrinkage) * w + shrinkage * max(scale, 1e-12) * torch.eye(d, dtype=w.dtype)
+            readers[layer] = _unit(torch.linalg.solve(r, v.double().T).T @ proj)
+    return Directions(
+        vectors.float(), grand.float(), readers.float() if readers is not None else None
+    )
 
 
 def finish_vectors(
     sums: torch.Tensor, counts: torch.Tensor, bases: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-emotion means -> centred, denoised unit vectors [L, E, d], and the grand mean [L, d]."""
-    means = sums / counts.clamp(min=1).view(1, -1, 1)
-    grand = means.mean(dim=1)
-    centred = means - grand.unsqueeze(1)
-    out = torch.empty_like(centred)
-    for layer, basis in enumerate(bases):
-        v = centred[layer]
-        if basis.shape[1]:
-            v = v - (v @ basis) @ basis.T
-        out[layer] = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    return out.float(), grand.float()
+    built = build_directions(sums, counts, bases)
+    return built.vectors, built.grand
+
+
+def spearman_brown(r: float) -> float:
+    """Reliability of the whole from the correlation between two halves: 2r / (1 + r)."""
+    return 2 * r / (1 + r) if r > -1 else float("nan")
+
+
+def split_half_reliability(
+    half_sums: torch.Tensor,
+    half_counts: torch.Tensor,
+    bases: list[torch.Tensor],
+    within: torch.Tensor | None = None,
+    shrinkage: float = 0.3,
+) -> dict[str, list[float]]:
+    """Per layer: mean same-emotion cosine between the two halves' reading directions
+    (``vector_half``) and the correlation of their emotion-by-emotion similarity matrices
+    (``geometry_half``), each also stepped up by Spearman-Brown (``vector``, ``geometry``).
+    Emotions missing from either half are left out."""
+    both = (half_counts > 0).all(dim=0)
+    halves = [
+        build_directions(half_sums[h][:, both], half_counts[h][both], bases, within, shrinkage)
+        for h in (0, 1)
+    ]
+    a, b = (h.for_reading.double() for h in halves)
+    vector_half = (a * b).sum(-1).mean(-1).tolist()
+    n = a.shape[1]
+    upper = torch.triu_indices(n, n, offset=1)
+    geometry_half = []
+    for layer in range(a.shape[0]):
+        sa = (a[layer] @ a[layer].T)[upper[0], upper[1]]
+        sb = (b[layer] @ b[layer].T)[upper[0], upper[1]]
+        geometry_half.append(float(torch.corrcoef(torch.stack([sa, sb]))[0, 1]) if n > 2 else 0.0)
+    return {
+        "vector_half": [round(r, 4) for r in vector_half],
+        "vector": [round(spearman_brown(r), 4) for r in vector_half],
+        "geometry_half": [round(r, 4) for r in geometry_half],
+        "geometry": [round(spearman_brown(r), 4) for r in geometry_half],
+        "n_emotions": int(both.sum()),
+    }
+
+
+def story_halves(stories: Sequence[dict[str, Any]]) -> tuple[list[int], str]:
+    """Half (0/1) of every story, and how: by topic when every emotion covers the same two or
+    more topics (a crossed design: each half then has every emotion on the same topics, so
+    topic cancels in each half's centring), else alternately within each emotion."""
+    topics_of: dict[str, set] = {}
+    for s in stories:
+        topics_of.setdefault(s["emotion"], set()).add(s.get("topic"))
+    sets = list(topics_of.values())
+    crossed = len(sets) > 1 and None not in sets[0] and len(sets[0]) >= 2
+    crossed = crossed and all(t == sets[0] for t in sets)
+    if crossed:
+        order = {t: i for i, t in enumerate(sorted(sets[0]))}
+        return [order[s["topic"]] % 2 for s in stories], "topics"
+    seen: dict[str, int] = {}
+    halves = []
+    for s in stories:
+        k = seen.get(s["emotion"], 0)
+        seen[s["emotion"]] = k + 1
+        halves.append(k % 2)
+    return halves, "alternate"
 
 
 def heldout_accuracy(
@@ -385,17 +557,26 @@ def extract(
     folder or :class:`PooledCache`: there), so re-extracting with other method settings, a
     subset or a grown corpus runs the model only on texts it has not seen.
     """
-    settings = settings or ExtractionSettings()
-    for key, value in overrides.items():
+    settings = replace(settings) if settings is not None else ExtractionSettings()
+    for key, value in overrides.items():  # on a copy: the caller's settings stay as they were
         if not hasattr(settings, key):
             raise TypeError(f"unknown extraction setting {key!r}")
         setattr(settings, key, value)
+    settings.check()
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     if not corpus.stories:
         raise ValueError("the corpus has no stories")
-    if settings.start_token < 1:
-        raise ValueError(f"start_token must be >= 1, got {settings.start_token}")
+    if len(corpus.emotions) < 2:
+        raise ValueError(
+            "the corpus has stories of one emotion only: vectors are differences from the mean "
+            "over emotions, so at least two emotions are needed"
+        )
+    if settings.denoise == "neutral-stories" and not corpus.neutral_stories:
+        raise ValueError(
+            f"the corpus {corpus.source!r} has no neutral stories (neutral_stories.jsonl): "
+            "choose another denoising method (dialogues, within, none)"
+        )
     layers = list(range(lm.n_layers)) if settings.layers is None else sorted(set(settings.layers))
     for layer in layers:
         if not 0 <= layer < lm.n_layers:
@@ -415,6 +596,7 @@ def extract(
         held_mask.append(bool(settings.holdout_every) and k % settings.holdout_every == 0)
     held_ids = [i for i, h in enumerate(held_mask) if h]
     held_row = {i: r for r, i in enumerate(held_ids)}
+    half_of, split = story_halves(corpus.stories)
 
     if cache is True:
         cache = PooledCache.for_model(lm)
@@ -423,24 +605,43 @@ def extract(
     passer = PooledPass(lm, layers, settings, cache=cache if cache not in (None, False) else None)
     settings = passer.settings  # with the batch size it resolved, as the vector file records
     story_ids = passer.tokenize([s["text"] for s in corpus.stories])
-    neutral_ids = passer.tokenize(corpus.neutral_texts())
+    denoising = settings.denoise if settings.neutral_variance > 0 else "none"
+    neutral_texts = {
+        "dialogues": corpus.neutral_texts(),
+        "neutral-stories": [r["text"] for r in corpus.neutral_stories],
+    }.get(denoising, [])
+    neutral_ids = passer.tokenize(neutral_texts)
     total_tokens = sum(map(len, story_ids)) + sum(map(len, neutral_ids))
+    needs_within = settings.reader == "whitened" or denoising == "within"
 
     sums = torch.zeros(n_l, n_e, d, dtype=torch.float64)
     counts = torch.zeros(n_e, dtype=torch.float64)
+    half_sums = torch.zeros(2, n_l, n_e, d, dtype=torch.float64)
+    half_counts = torch.zeros(2, n_e, dtype=torch.float64)
     held = torch.zeros(len(held_ids), n_l, d)
     scatter = torch.zeros(n_l, d, d, dtype=torch.float64)
     total = torch.zeros(n_l, d, dtype=torch.float64)
+    story_scatter = torch.zeros(n_l, d, d, dtype=torch.float64) if needs_within else None
 
     from emovec.progress import token_progress
 
     with token_progress(total_tokens, "extracting", enabled=progress) as advance:
         for batch, pooled in passer.run(story_ids, advance):
+            x = pooled.double()
+            for h in (0, 1):
+                rows = [r for r, i in enumerate(batch) if half_of[i] == h]
+                labels = torch.tensor([index[corpus.stories[batch[r]]["emotion"]] for r in rows])
+                if rows:
+                    half_sums[h].index_add_(1, labels, x[:, rows])
+                    half_counts[h].index_add_(0, labels, torch.ones(len(rows), dtype=x.dtype))
             train = [r for r, i in enumerate(batch) if not held_mask[i]]
             labels = torch.tensor([index[corpus.stories[batch[r]]["emotion"]] for r in train])
             if train:
-                sums.index_add_(1, labels, pooled[:, train].double())
+                sums.index_add_(1, labels, x[:, train])
                 counts.index_add_(0, labels, torch.ones(len(train), dtype=torch.float64))
+                if story_scatter is not None:
+                    t = x[:, train]
+                    story_scatter += torch.einsum("lbi,lbj->lij", t, t)
             for r, i in enumerate(batch):
                 if held_mask[i]:
                     held[held_row[i]] = pooled[:, r]
@@ -449,9 +650,17 @@ def extract(
             scatter += torch.einsum("lbi,lbj->lij", x, x)
             total += x.sum(dim=1)
 
-    bases = neutral_components(scatter, total, len(neutral_ids), settings.neutral_variance)
+    def method_bases(within: torch.Tensor | None) -> list[torch.Tensor]:
+        if denoising == "within" and within is not None:
+            return [
+                top_components(within[layer], settings.neutral_variance) for layer in range(n_l)
+            ]
+        return neutral_components(scatter, total, len(neutral_ids), settings.neutral_variance)
+
+    def whitening(within: torch.Tensor | None) -> torch.Tensor | None:
+        return within if settings.reader == "whitened" else None
+
     metrics: dict[str, Any] = {
-        "neutral_components": [int(b.shape[1]) for b in bases],
         "tokens": passer.tokens,
         "padding_waste": round(1 - passer.tokens / max(passer.padded_tokens, 1), 4),
         "cached_texts": passer.cached_texts,
@@ -461,18 +670,35 @@ def extract(
     if held_ids:
         if (counts == 0).any():
             raise ValueError("holdout_every leaves some emotion without training stories")
-        train_vectors, train_grand = finish_vectors(sums, counts, bases)
+        train_within = (
+            within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
+        )
+        trained = build_directions(
+            sums, counts, method_bases(train_within), whitening(train_within), settings.shrinkage
+        )
         labels = torch.tensor([index[corpus.stories[i]["emotion"]] for i in held_ids])
-        acc = heldout_accuracy(train_vectors, train_grand, held, labels)
+        acc = heldout_accuracy(trained.for_reading, trained.grand, held, labels)
         acc["layers"] = layers
         acc["n_heldout"] = len(held_ids)
         acc["chance_top1"] = 1 / n_e
         metrics["heldout"] = acc
         best = max(range(n_l), key=lambda i: (acc["top1"][i], acc["top5"][i]))
         default_layer = layers[best]
-        sums.index_add_(1, labels, held.transpose(0, 1).double())
+        h = held.transpose(0, 1).double()
+        sums.index_add_(1, labels, h)
         counts.index_add_(0, labels, torch.ones(len(held_ids), dtype=torch.float64))
-    vectors, grand = finish_vectors(sums, counts, bases)
+        if story_scatter is not None:
+            story_scatter += torch.einsum("lbi,lbj->lij", h, h)
+    within = within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
+    bases = method_bases(within)
+    metrics["neutral_components"] = [int(b.shape[1]) for b in bases]
+    built = build_directions(sums, counts, bases, whitening(within), settings.shrinkage)
+    vectors, grand = built.vectors, built.grand
+    if (half_counts > 0).all(dim=0).sum() >= 2:
+        reliability = split_half_reliability(
+            half_sums, half_counts, bases, whitening(within), settings.shrinkage
+        )
+        metrics["reliability"] = {"layers": layers, "split": split, **reliability}
     return EmotionVectors(
         vectors=vectors,
         emotions=emotions,
@@ -482,11 +708,13 @@ def extract(
         residual_norm=passer.mean_norm,
         mean_activation=grand,
         params=asdict(settings) | {"layers": layers, "pooling": "mean", "unit": True},
+        readers=built.readers,
         corpus={
             "source": corpus.source,
             "hash": corpus.hash,
             "n_stories": len(corpus.stories),
             "n_neutral": len(corpus.neutral),
+            "n_neutral_stories": len(corpus.neutral_stories),
         },
         metrics=metrics,
         steer_layer=steer_layer,

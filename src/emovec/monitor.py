@@ -56,7 +56,9 @@ class CosineScorer:
         row = vectors.layer_index(layer)
         index = [vectors.emotions.index(e) for e in emotions]
         dtype, device = lm.model.dtype, lm.device
-        self._directions_t = vectors.vectors[row][index].T.contiguous().to(device, dtype)
+        self._directions_t = (
+            vectors.reading_directions(vectors.layers[row])[index].T.contiguous().to(device, dtype)
+        )
         mean = vectors.mean_activation[row] if center else torch.zeros(lm.d_model)
         self._mean = mean.to(device, dtype)
         cpu_fp32 = device.type == "cpu" and dtype == torch.float32
@@ -157,7 +159,7 @@ def _vectors_key(vectors: EmotionVectors, layer: int, center: bool) -> str:
     row = vectors.layer_index(layer)
     digest = hashlib.sha256()
     digest.update(json.dumps([vectors.model.get("fingerprint"), layer, center]).encode())
-    digest.update(vectors.vectors[row].float().numpy().tobytes())
+    digest.update(vectors.reading_directions(vectors.layers[row]).float().numpy().tobytes())
     digest.update(vectors.mean_activation[row].float().numpy().tobytes())
     digest.update("\n".join(vectors.emotions).encode())
     return digest.hexdigest()[:16]

@@ -1,4 +1,17 @@
-"""Reading emotion vectors token by token: cosine of the residual stream with each direction."""
+"""Reading emotion vectors token by token: cosine of the residual stream with each direction.
+
+A text-level summary pools the per-token scores the way extraction pools activations, so a
+text is read the way the vectors were built (``pool``, see :data:`POOLS`):
+
+- ``"extraction"`` (default): the tokens from the ``start_token``-th on (the vector file's
+  setting, 50 in the study); a text shorter than that, its second half. Either way the first
+  tokens, where the attention sink sits and little of the text is known yet, are left out;
+- ``"all"``: every token (what earlier versions reported);
+- ``"last"``: the last token only (with ``chat=True``: the start of the assistant's reply).
+
+With ``chat=True`` the summary covers the user's text only, never the chat template's
+system prompt or role markers.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +26,52 @@ from emovec.hooks import residual_hooks, run_to_layer
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
+#: Text-level pooling choices of :func:`read` (see the module docstring).
+POOLS = {
+    "extraction": "tokens from the start token on (short texts: their second half), as extraction",
+    "all": "every token of the text",
+    "last": "the last token",
+}
+
+
+def pooled_positions(n: int, start_token: int, pool: str) -> slice:
+    """The token positions (of a text of ``n`` tokens) that a summary averages over."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
+    if pool == "all":
+        return slice(0, n)
+    if pool == "last":
+        return slice(max(n - 1, 0), n)
+    return slice(start_token - 1 if n >= start_token else n // 2, n)
+
 
 @dataclass
 class Reading:
-    """Per-token emotion scores of one text at one layer: ``scores`` is [tokens, emotions]."""
+    """Per-token emotion scores of one text at one layer: ``scores`` is [tokens, emotions].
+
+    ``span`` is the part of the tokens that is the text proper (all of them, or the user's
+    message inside a chat prompt); ``pool`` and ``start_token`` say how :attr:`mean` pools it.
+    """
 
     tokens: list[str]
     emotions: list[str]
     scores: np.ndarray
     layer: int
     text: str
+    pool: str = "extraction"
+    start_token: int = 50
+    span: tuple[int, int] | None = None
+
+    def summary(self, pool: str | None = None) -> np.ndarray:
+        """Pooled score per emotion: [emotions]."""
+        lo, hi = self.span if self.span is not None else (0, len(self.tokens))
+        window = pooled_positions(hi - lo, self.start_token, pool or self.pool)
+        return self.scores[lo:hi][window].mean(axis=0)
 
     @property
     def mean(self) -> dict[str, float]:
-        """Mean score of each emotion over all tokens of the text."""
-        return dict(zip(self.emotions, self.scores.mean(axis=0).tolist(), strict=True))
+        """Each emotion's score pooled over the text (see ``pool``)."""
+        return dict(zip(self.emotions, self.summary().tolist(), strict=True))
 
     @property
     def last(self) -> dict[str, float]:
@@ -36,7 +80,7 @@ class Reading:
 
     def top(self, k: int = 5, where: str = "mean") -> list[tuple[str, float]]:
         """The k highest emotions for the whole text (``where="mean"``) or its last token."""
-        values = self.scores.mean(axis=0) if where == "mean" else self.scores[-1]
+        values = self.summary() if where == "mean" else self.scores[-1]
         order = np.argsort(-values)[:k]
         return [(self.emotions[i], float(values[i])) for i in order]
 
@@ -61,6 +105,8 @@ class Reading:
             "emotions": self.emotions,
             "scores": np.round(self.scores, 6).tolist(),
             "mean": {e: round(v, 6) for e, v in self.mean.items()},
+            "pool": self.pool,
+            "span": list(self.span) if self.span is not None else [0, len(self.tokens)],
             "layer": self.layer,
         }
 
@@ -111,6 +157,7 @@ def read(
     chat: bool = False,
     emotions: list[str] | None = None,
     center: bool = True,
+    pool: str = "extraction",
 ) -> Reading:
     """Score every token of ``text`` against the emotion vectors at one layer.
 
@@ -118,20 +165,49 @@ def read(
     the start of the assistant's reply, so the last token is where the study reads.
     ``center=True`` (default) subtracts the stories' mean activation before the cosine, which
     removes the large component that all texts share; ``center=False`` gives the study's raw
-    cosine.
+    cosine. ``pool`` chooses how the text-level summary pools the tokens (:data:`POOLS`).
     """
     if not text or not text.strip():
         raise ValueError("empty text: give some text to read")
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
     vectors.check_model(lm)
     layer = vectors.default_layer if layer is None else layer
     row = vectors.layer_index(layer)
     names = vectors.emotions if emotions is None else [vectors.resolve(e) for e in emotions]
-    directions = vectors.vectors[row][[vectors.emotions.index(e) for e in names]]
+    directions = vectors.reading_directions(layer)[[vectors.emotions.index(e) for e in names]]
     prompt = lm.format_chat([{"role": "user", "content": text}]) if chat else text
     ids = lm.encode(prompt)
+    span = text_span(lm, prompt, text, len(ids)) if chat else None
     hidden = residuals(lm, ids, [layer])[layer]
     if center:
         hidden = hidden - vectors.mean_activation[row]
     scores = cosine_scores(hidden, directions).numpy()
     tokens = [lm.tokenizer.decode([i]) for i in ids]
-    return Reading(tokens=tokens, emotions=names, scores=scores, layer=layer, text=prompt)
+    start = int(vectors.params.get("start_token", 50))
+    return Reading(
+        tokens=tokens,
+        emotions=names,
+        scores=scores,
+        layer=layer,
+        text=prompt,
+        pool=pool,
+        start_token=start,
+        span=span,
+    )
+
+
+def text_span(lm: LanguageModel, prompt: str, text: str, n_tokens: int) -> tuple[int, int]:
+    """Token positions [lo, hi) of ``text`` inside ``prompt`` (a chat prompt around it)."""
+    where = prompt.rfind(text)
+    if where < 0:
+        return (0, n_tokens)
+    try:
+        offsets = lm.tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+    except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets
+        return (0, n_tokens)
+    end = where + len(text)
+    inside = [i for i, (a, b) in enumerate(offsets) if b > where and a < end and b > a]
+    return (inside[0], inside[-1] + 1) if inside else (0, n_tokens)

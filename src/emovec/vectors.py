@@ -6,6 +6,10 @@ A file is safetensors (no pickle) with three tensors and one JSON metadata entry
 - ``mean_activation`` [layers, d_model]: mean over emotions of the story activations, for
   readers that want centred scores;
 - ``residual_norm`` [layers]: mean residual-stream norm, the steering unit;
+- ``readers`` [layers, emotions, d_model] (optional): unit directions for *reading* when they
+  differ from the steering vectors (``params.reader = "whitened"``: each vector multiplied by
+  the inverse of the shrunk story-to-story covariance, so that directions along which stories
+  of one emotion vary a lot count less);
 - metadata ``emovec``: emotions, layers, default layer, model identity and weight fingerprint,
   corpus hash, every method parameter, held-out accuracy, library version.
 
@@ -55,6 +59,13 @@ class EmotionVectors:
     #: models (SmolLM2-135M: best held-out reading at layers ~18-21, cleanest happy/sad
     #: steering at 10-12), so the two defaults are kept apart; ``None`` = the default layer.
     steer_layer: int | None = None
+    #: Reading directions [n_layers, n_emotions, d_model] when they differ from ``vectors``.
+    readers: torch.Tensor | None = None
+
+    def reading_directions(self, layer: int | None = None) -> torch.Tensor:
+        """The unit directions ``read`` scores against at one layer: [n_emotions, d_model]."""
+        row = self.layer_index(layer)
+        return (self.readers if self.readers is not None else self.vectors)[row]
 
     @property
     def default_steer_layer(self) -> int:
@@ -129,6 +140,8 @@ class EmotionVectors:
             "residual_norm": self.residual_norm.float().contiguous(),
             "mean_activation": self.mean_activation.float().contiguous(),
         }
+        if self.readers is not None:
+            tensors["readers"] = self.readers.float().contiguous()
         meta = self.info()
         meta.pop("residual_norm")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -179,6 +192,13 @@ class EmotionVectors:
             )
         if not torch.isfinite(vec).all():
             raise VectorFileError(f"{path}: vectors contain NaN or infinite values")
+        readers = tensors.get("readers")
+        if readers is not None and (
+            tuple(readers.shape) != expected or not torch.isfinite(readers).all()
+        ):
+            raise VectorFileError(
+                f"{path}: readers do not match the vectors' shape or are not finite"
+            )
         for key in ("default_layer", "steer_layer"):
             if meta.get(key, meta["default_layer"]) not in meta["layers"]:
                 raise VectorFileError(f"{path}: {key} is not among the stored layers")
@@ -195,4 +215,5 @@ class EmotionVectors:
             metrics=meta.get("metrics", {}),
             version=meta.get("version", "?"),
             steer_layer=meta.get("steer_layer"),
+            readers=readers,
         )

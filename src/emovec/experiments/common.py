@@ -92,7 +92,9 @@ def scores_from_residuals(
     for i, layer in enumerate(layers):
         row = vectors.layer_index(layer)
         x = residual[:, i] - vectors.mean_activation[row]
-        out[:, i] = (torch.nn.functional.normalize(x, dim=-1) @ vectors.vectors[row].T).numpy()
+        out[:, i] = (
+            torch.nn.functional.normalize(x, dim=-1) @ vectors.reading_directions(layer).T
+        ).numpy()
     return out
 
 

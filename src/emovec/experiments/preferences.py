@@ -148,7 +148,8 @@ class ChoiceRunner:
 
             def probe(_layer, hidden, _offset):
                 x = hidden[0, span].float().cpu() - self.vectors.mean_activation[row]
-                cos = torch.nn.functional.normalize(x, dim=-1) @ self.vectors.vectors[row].T
+                readers = self.vectors.reading_directions(self.read_layer)
+                cos = torch.nn.functional.normalize(x, dim=-1) @ readers.T
                 self.probes[a] = cos.mean(0).numpy()
 
             hooks[self.read_layer] = probe

@@ -514,6 +514,30 @@ def layer_sweep(
 
 
 @experiment_command
+def scorecard(
+    vectors: ExpVectors,
+    model: ModelOpt = None,
+    layers: Annotated[str | None, typer.Option(help="e.g. 10-24 (default: all).")] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="A main-job folder: steering, preference and case-study checks."),
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Pooling of the other-style messages.")] = "extraction",
+    out_path: ExpOut = None,
+) -> None:
+    """Every check of the study with our figure, the study's, and pass/fail, per layer."""
+    from emovec.experiments.scorecard import run_scorecard
+
+    vecs, lm = _vectors_and_model(vectors, model)
+    result = run_scorecard(lm, vecs, _layers(layers), results_dir=results, pool=pool)
+    table = Table(*result.tables[0]["columns"], title=result.tables[0]["title"])
+    for row in result.tables[0]["rows"]:
+        table.add_row(*[str(x) for x in row])
+    out.print(table)
+    _save(result, out_path)
+
+
+@experiment_command
 def preferences(
     vectors: ExpVectors,
     model: ModelOpt = None,

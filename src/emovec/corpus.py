@@ -90,7 +90,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON Lines file, naming the file and line of the first bad record."""
     records = []
     try:
-        lines = path.read_text("utf-8").splitlines()
+        lines = path.read_text("utf-8").split("\n")  # not splitlines: U+2028 is valid in JSON
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusError(f"cannot read corpus file {path}: {exc}") from exc
     for number, line in enumerate(lines, 1):
@@ -100,18 +100,48 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CorpusError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # huge integers, deep nesting
+            raise CorpusError(f"{path}:{number}: not valid JSON ({exc})") from exc
         if not isinstance(record, dict):
             raise CorpusError(f"{path}:{number}: expected a JSON object per line")
+        if "\\u" in line and not _encodable(record):
+            raise CorpusError(f"{path}:{number}: text with an unpaired surrogate (\\ud800...)")
         records.append(record)
     return records
 
 
+def _encodable(record: dict[str, Any]) -> bool:
+    """Whether a record's strings are valid Unicode (JSON escapes can make lone surrogates)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+#: Roles a neutral dialogue turn may have (those a plain-text rendering can name).
+TURN_ROLES = frozenset(PLAIN_CHAT_ROLES)
+
+
+def _check_optional(r: dict[str, Any], where: str) -> None:
+    """``topic`` (a string) and ``narration`` ("first" or "third"), when a record has them."""
+    if "topic" in r and not isinstance(r["topic"], str):
+        raise CorpusError(f"{where}: 'topic' must be a string")
+    if "narration" in r and r["narration"] not in ("first", "third"):
+        raise CorpusError(f'{where}: \'narration\' must be "first" or "third"')
+
+
 def _check_stories(records: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    if not records:
+        raise CorpusError(f"{where}: no stories (the stories files hold no records)")
     for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise CorpusError(f"{where}: story {i} is not a JSON object")
         if not isinstance(r.get("text"), str) or not r["text"].strip():
             raise CorpusError(f"{where}: story {i} has no 'text'")
         if not isinstance(r.get("emotion"), str):
             raise CorpusError(f"{where}: story {i} has no 'emotion'")
+        _check_optional(r, f"{where}: story {i}")
         try:
             r["emotion"] = catalog.resolve(r["emotion"])
         except catalog.UnknownEmotionError as exc:
@@ -121,12 +151,30 @@ def _check_stories(records: list[dict[str, Any]], where: str) -> list[dict[str, 
 
 def _check_neutral(records: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     for i, r in enumerate(records):
-        turns = r.get("turns")
-        ok_turns = isinstance(turns, list) and all(
-            isinstance(t, dict) and isinstance(t.get("content"), str) and "role" in t for t in turns
-        )
-        if not (ok_turns or isinstance(r.get("text"), str)):
-            raise CorpusError(f"{where}: neutral record {i} needs 'turns' or 'text'")
+        if not isinstance(r, dict):
+            raise CorpusError(f"{where}: neutral record {i} is not a JSON object")
+        if "text" in r:  # a text wins over turns when rendering, so it must be usable
+            if not isinstance(r["text"], str) or not r["text"].strip():
+                raise CorpusError(f"{where}: neutral record {i}: 'text' must be a non-empty string")
+        else:
+            turns = r.get("turns")
+            ok_turns = (
+                isinstance(turns, list)
+                and bool(turns)
+                and all(
+                    isinstance(t, dict)
+                    and isinstance(t.get("content"), str)
+                    and isinstance(t.get("role"), str)
+                    and t["role"] in TURN_ROLES
+                    for t in turns
+                )
+            )
+            if not ok_turns:
+                raise CorpusError(
+                    f"{where}: neutral record {i} needs 'turns' (a list of {{'role': "
+                    f"{'|'.join(sorted(TURN_ROLES))}, 'content': text}}) or 'text'"
+                )
+        _check_optional(r, f"{where}: neutral record {i}")
     return records
 
 
@@ -188,7 +236,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         return {}
     try:
         manifest = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CorpusError(f"cannot read {path}: {exc}") from exc
     if not isinstance(manifest, dict):
         raise CorpusError(f"{path}: expected a JSON object")

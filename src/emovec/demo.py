@@ -135,6 +135,23 @@ def run_experiments(
     }
 
 
+def run_scorecard_section(lm, vectors: EmotionVectors, out_dir: Path, console: Console) -> dict:
+    """The scorecard over every layer, with the steering, preference and case-study checks read
+    from this run's folders; a report section (the report's second, after held-out)."""
+    from emovec.experiments.scorecard import run_scorecard
+
+    started = time.perf_counter()
+    result = run_scorecard(lm, vectors, results_dir=out_dir)
+    result.settings["seconds"] = round(time.perf_counter() - started, 1)
+    result.save(out_dir / "experiments" / "scorecard")
+    table = Table(*result.tables[0]["columns"], title=result.tables[0]["title"])
+    for row in result.tables[0]["rows"]:
+        table.add_row(*[str(x) for x in row])
+    console.print(table)
+    console.print(f"{result.title}: {result.summary} ({result.settings['seconds']} s)")
+    return {"summary": result.summary, "metrics": result.metrics}
+
+
 def run_case_studies(lm, vectors: EmotionVectors, out_dir: Path, console: Console) -> dict:
     """Each bundled scenario unsteered and under its headline condition (see CASE_STUDIES)."""
     from emovec.sandbox import SandboxUnavailable, ensure_available
@@ -214,6 +231,7 @@ def run_demo(
 
     experiments = run_experiments(lm, vectors, out_dir, console)
     studies = run_case_studies(lm, vectors, out_dir, console)
+    card = run_scorecard_section(lm, vectors, out_dir, console)
     from emovec.report import build_report
 
     report = build_report(
@@ -236,6 +254,7 @@ def run_demo(
         "steering_p_value": check.p_value,
         "experiments": experiments,
         "case_studies": studies,
+        "scorecard": card,
         "report": str(out_dir / "report.html"),
         "seconds": round(time.time() - started, 1),
     }

@@ -845,59 +845,209 @@ class Trace:
 
 
 def read_trace(path: str | Path, max_records: int = 200_000) -> Trace:
-    """Read a JSONL trace; a damaged line is a clear error naming its line number."""
+    """Read a JSONL trace; a damaged line is a clear error naming its line number.
+
+    A last line cut short (the writer was killed, or the file was copied while being written)
+    is dropped and everything before it is read; damage anywhere else is a
+    :class:`MonitorError`, as is every record of the wrong shape: whatever the file holds,
+    the result is a :class:`Trace` or one :class:`MonitorError`.
+    """
     path = Path(path)
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] | None = None
     tokens: list[dict[str, Any]] = []
     replies: list[dict[str, Any]] = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for number, line in enumerate(f, 1):
                 if number > max_records:
                     raise MonitorError(f"{path} has more than {max_records} records")
-                if not line.strip():
-                    continue
+                torn = not line.endswith(b"\n")  # only the last line can lack its newline
                 try:
-                    record = json.loads(line)
-                    kind = record["type"]
-                except (ValueError, KeyError, TypeError):
+                    text = line.decode("utf-8")
+                    if not text.strip():
+                        continue
+                    record = _parse_record(text)
+                except UnicodeDecodeError:
+                    if torn:
+                        break
+                    raise MonitorError(f"{path} line {number} is not UTF-8 text") from None
+                except ValueError:
+                    if torn:
+                        break
                     raise MonitorError(f"{path} line {number} is not a trace record") from None
+                where = f"{path} line {number}"
+                kind = record["type"]
                 if kind == "meta":
-                    meta = record
-                elif kind == "token":
-                    tokens.append(record)
-                elif kind == "reply":
-                    replies.append(record)
+                    if meta is not None:
+                        raise MonitorError(f"{where} is a second trace header")
+                    meta = _check_trace_meta(where, record)
+                elif kind in ("token", "reply"):
+                    if meta is None:
+                        raise MonitorError(
+                            f"{where} comes before the trace header: not an emovec monitor trace"
+                        )
+                    if kind == "token":
+                        tokens.append(_check_token(where, record, meta["emotions"]))
+                    else:
+                        replies.append(_check_reply(where, record))
     except FileNotFoundError:
         raise MonitorError(f"trace file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise MonitorError(f"{path} is not a UTF-8 text trace") from None
-    if not meta:
+    except OSError as exc:
+        raise MonitorError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    if meta is None:
         raise MonitorError(f"{path} has no trace header: not an emovec monitor trace")
     _add_z(path, meta, tokens)
     return Trace(meta, tokens, replies)
 
 
-def _add_z(path: Path, meta: Mapping[str, Any], tokens: list[dict[str, Any]]) -> None:
-    """Give token records without z-scores their z, from the raw scores and the header."""
-    if all("z" in t for t in tokens):
-        return
-    where = "the header"
+#: Largest magnitude accepted for a score in a trace: any float64 arithmetic on it stays finite
+#: or overflows to inf (which is then refused), never raises.
+_MAX_SCORE = 1e300
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _parse_record(text: str) -> dict[str, Any]:
+    """One trace line as a record with a string ``type``; ValueError if it is none."""
     try:
-        baseline = meta["baseline"]
-        emotions = list(meta["emotions"])
-        mean = np.array([baseline["mean"][e] for e in emotions], dtype=np.float64)
-        std = np.array([baseline["std"][e] for e in emotions], dtype=np.float64)
-        for number, record in enumerate(tokens, 1):
-            if "z" not in record:
-                where = f"token record {number}"
-                raw = np.array([record["raw"][e] for e in emotions], dtype=np.float64)
-                z = _rounded((raw - mean) / std, 3)
-                record["z"] = dict(zip(emotions, z, strict=True))
-    except (KeyError, TypeError, ValueError) as exc:
+        record = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        raise ValueError("not a trace record")
+    return record
+
+
+def _is_count(value: Any) -> bool:
+    """An integer >= 0 (and not a bool, which JSON keeps apart)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_score(value: Any) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and -_MAX_SCORE <= value <= _MAX_SCORE
+
+
+def _scores_of(value: Any, emotions: list[str]) -> bool:
+    """Whether ``value`` maps every one of ``emotions`` to a number."""
+    if not isinstance(value, dict):
+        return False
+    try:
+        return all(_is_score(value[e]) for e in emotions)
+    except (KeyError, TypeError):
+        return False
+
+
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+
+def _check_trace_meta(where: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The trace header: its emotions, and the baseline that turns raw scores into z."""
+    emotions = record.get("emotions")
+    if not _is_list_of(emotions, str) or not emotions or len(set(emotions)) != len(emotions):
+        raise MonitorError(f"{where}: the header's 'emotions' must be a list of unique names")
+    baseline = record.get("baseline")
+    if baseline is not None:
+        if not (
+            isinstance(baseline, dict)
+            and _scores_of(baseline.get("mean"), emotions)
+            and _scores_of(baseline.get("std"), emotions)
+        ):
+            raise MonitorError(
+                f"{where}: the header's baseline needs a mean and a std (numbers) per emotion"
+            )
+        if not all(baseline["std"][e] > 0 for e in emotions):
+            raise MonitorError(f"{where}: the header's baseline std must be positive")
+    if "layer" in record and not _is_count(record["layer"]):
+        raise MonitorError(f"{where}: the header's 'layer' must be an integer >= 0")
+    for key, kind in (("model", str), ("rules", list), ("hidden", dict)):
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise MonitorError(f"{where}: the header's {key!r} must be a {kind.__name__}")
+    return record
+
+
+def _check_token(where: str, record: dict[str, Any], emotions: list[str]) -> dict[str, Any]:
+    """A token record: row, index, piece and a raw score (and maybe a z) per emotion."""
+    for key in ("row", "index"):
+        if not _is_count(record.get(key)):
+            raise MonitorError(f"{where}: token {key!r} must be an integer >= 0")
+    for key in ("position", "token_id"):
+        if key in record and not _is_count(record[key]):
+            raise MonitorError(f"{where}: token {key!r} must be an integer >= 0")
+    if not isinstance(record.get("piece"), str):
+        raise MonitorError(f"{where}: token 'piece' must be a string")
+    if not _scores_of(record.get("raw"), emotions):
+        raise MonitorError(f"{where}: token 'raw' must hold a number for every emotion")
+    if "z" in record and not _scores_of(record["z"], emotions):
+        raise MonitorError(f"{where}: token 'z' must hold a number for every emotion")
+    for key in ("alerts", "active"):
+        if key in record and not _is_list_of(record[key], str):
+            raise MonitorError(f"{where}: token {key!r} must be a list of rule names")
+    return record
+
+
+def _check_reply(where: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A reply record: its row, and the right types for the fields that readers use."""
+    if not _is_count(record.get("row")):
+        raise MonitorError(f"{where}: reply 'row' must be an integer >= 0")
+    if "n_tokens" in record and not _is_count(record["n_tokens"]):
+        raise MonitorError(f"{where}: reply 'n_tokens' must be an integer >= 0")
+    kinds = {
+        "prompt": str,
+        "text": str,
+        "stopped_by": str,
+        "steering": dict,
+        "sampling": dict,
+        "alerts": list,
+        "hidden": list,
+    }
+    for key, kind in kinds.items():
+        if key in record and not isinstance(record[key], kind):
+            raise MonitorError(f"{where}: reply {key!r} must be a {kind.__name__}")
+    for key in ("alerts", "hidden"):
+        if key in record and not all(isinstance(a, dict) for a in record[key]):
+            raise MonitorError(f"{where}: reply {key!r} must be a list of records")
+    return record
+
+
+def _add_z(path: Path, meta: Mapping[str, Any], tokens: list[dict[str, Any]]) -> None:
+    """Give token records without z-scores their z, from the raw scores and the header.
+
+    Records and header were checked by :func:`read_trace`: every token has a number per
+    emotion, and a baseline, when present, a mean and a positive std per emotion.
+    """
+    missing = [(number, t) for number, t in enumerate(tokens, 1) if "z" not in t]
+    if not missing:
+        return
+    baseline = meta.get("baseline")
+    if baseline is None:
         raise MonitorError(
-            f"{path}: {where} lacks what z-scores need (baseline, emotions, raw scores): {exc!r}"
-        ) from None
+            f"{path}: the header lacks what z-scores need (baseline, emotions, raw scores): "
+            f"token record {missing[0][0]} has raw scores only and there is no baseline"
+        )
+    emotions = list(meta["emotions"])
+    mean = np.array([baseline["mean"][e] for e in emotions], dtype=np.float64)
+    std = np.array([baseline["std"][e] for e in emotions], dtype=np.float64)
+    for number, record in missing:
+        raw = np.array([record["raw"][e] for e in emotions], dtype=np.float64)
+        with np.errstate(all="ignore"):
+            z = (raw - mean) / std
+        if not np.isfinite(z).all():
+            raise MonitorError(
+                f"{path}: token record {number}: its z-scores are out of range "
+                "(raw scores or baseline std are not plausible)"
+            )
+        record["z"] = dict(zip(emotions, _rounded(z, 3), strict=True))
 
 
 class _Watch:

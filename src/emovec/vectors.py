@@ -19,6 +19,7 @@ one the vectors were built from.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -130,7 +131,10 @@ class EmotionVectors:
                 )
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (a crash never leaves a half-written file under ``path``)."""
+        """Write atomically (a crash never leaves a half-written file under ``path``).
+
+        The metadata holds a checksum of every tensor, which :meth:`load` verifies.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -144,6 +148,7 @@ class EmotionVectors:
             tensors["readers"] = self.readers.float().contiguous()
         meta = self.info()
         meta.pop("residual_norm")
+        meta["checksum"] = _checksum(tensors)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -156,7 +161,11 @@ class EmotionVectors:
 
     @classmethod
     def load(cls, path: str | Path) -> EmotionVectors:
-        """Read and validate a vector file; every problem is one clear :class:`VectorFileError`."""
+        """Read and validate a vector file; every problem is one clear :class:`VectorFileError`.
+
+        The metadata is checked field by field before any tensor is read, tensor shapes and
+        types before their data, and the data (checksum, finite values, unit vectors) last.
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -167,49 +176,52 @@ class EmotionVectors:
         try:
             with safe_open(str(path), framework="pt") as f:
                 raw_meta = (f.metadata() or {}).get("emovec")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+                names = list(f.keys())  # noqa: SIM118
+                layout = {}
+                for name in names:
+                    part = f.get_slice(name)
+                    layout[name] = (part.get_dtype(), tuple(part.get_shape()))
+                meta = _check_meta(path, raw_meta)
+                _check_layout(path, meta, layout)
+                tensors = {name: f.get_tensor(name) for name in names}
+                checksum = _checksum(tensors) if "checksum" in meta else None
+        except VectorFileError:
+            raise
         except Exception as exc:  # safetensors raises several types for damaged files
             raise VectorFileError(
                 f"{path} is not a readable safetensors file ({type(exc).__name__}); "
                 "it may be truncated or corrupted: rebuild it with `emovec extract`"
             ) from exc
-        if raw_meta is None:
-            raise VectorFileError(f"{path} is a safetensors file but not an emovec vector file")
-        try:
-            meta = json.loads(raw_meta)
-        except json.JSONDecodeError as exc:
-            raise VectorFileError(f"{path}: emovec metadata is not valid JSON") from exc
-        if meta.get("format") != FORMAT:
-            raise VectorFileError(f"{path}: unsupported format {meta.get('format')!r}")
-        missing = {"vectors", "residual_norm", "mean_activation"} - set(tensors)
-        if missing:
-            raise VectorFileError(f"{path}: missing tensors {sorted(missing)}")
-        vec = tensors["vectors"]
-        expected = (len(meta["layers"]), len(meta["emotions"]), meta["d_model"])
-        if tuple(vec.shape) != expected:
+        if checksum is not None and checksum != meta["checksum"]:
             raise VectorFileError(
-                f"{path}: vectors have shape {tuple(vec.shape)} but metadata says {expected}"
+                f"{path}: checksum mismatch: the tensors were changed or damaged; "
+                "rebuild with `emovec extract`"
             )
-        if not torch.isfinite(vec).all():
-            raise VectorFileError(f"{path}: vectors contain NaN or infinite values")
+        vec = _finite(path, "vectors", tensors["vectors"])
+        residual_norm = _finite(path, "residual_norm", tensors["residual_norm"])
+        if not bool((residual_norm > 0).all()):
+            raise VectorFileError(f"{path}: residual_norm must be positive at every layer")
+        mean_activation = _finite(path, "mean_activation", tensors["mean_activation"])
         readers = tensors.get("readers")
-        if readers is not None and (
-            tuple(readers.shape) != expected or not torch.isfinite(readers).all()
-        ):
+        if readers is not None:
+            readers = _finite(path, "readers", readers)
+        norms = vec.double().norm(dim=-1)
+        if bool((norms == 0).any()):
+            raise VectorFileError(f"{path}: vectors contain an all-zero vector (no direction)")
+        if not bool(((norms - 1).abs() <= UNIT_TOLERANCE).all()):
+            worst = float((norms - 1).abs().max())
             raise VectorFileError(
-                f"{path}: readers do not match the vectors' shape or are not finite"
+                f"{path}: vectors are not unit vectors (a norm is off by {worst:.3g}); "
+                "rebuild with `emovec extract`"
             )
-        for key in ("default_layer", "steer_layer"):
-            if meta.get(key, meta["default_layer"]) not in meta["layers"]:
-                raise VectorFileError(f"{path}: {key} is not among the stored layers")
         return cls(
             vectors=vec,
             emotions=list(meta["emotions"]),
-            layers=[int(x) for x in meta["layers"]],
-            default_layer=int(meta["default_layer"]),
+            layers=list(meta["layers"]),
+            default_layer=meta["default_layer"],
             model=meta["model"],
-            residual_norm=tensors["residual_norm"],
-            mean_activation=tensors["mean_activation"],
+            residual_norm=residual_norm,
+            mean_activation=mean_activation,
             params=meta.get("params", {}),
             corpus=meta.get("corpus", {}),
             metrics=meta.get("metrics", {}),
@@ -217,3 +229,139 @@ class EmotionVectors:
             steer_layer=meta.get("steer_layer"),
             readers=readers,
         )
+
+
+#: Most emotions and layers a vector file may have (the catalog has 171 emotions; models a
+#: few hundred layers at most): anything more is refused before any work is done.
+MAX_EMOTIONS = 10_000
+MAX_LAYERS = 1_000
+#: How far from 1 the norm of a stored vector may be.
+UNIT_TOLERANCE = 1e-3
+#: safetensors dtype names accepted for the tensors, and their torch types.
+FLOAT_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and raw bytes, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        digest.update(json.dumps([name, dtype, list(tensor.shape)]).encode() + b"\n")
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_meta(path: Path, raw_meta: Any) -> dict[str, Any]:
+    """The emovec metadata, every field checked for type and range (one error per problem)."""
+    if raw_meta is None:
+        raise VectorFileError(f"{path} is a safetensors file but not an emovec vector file")
+    if not isinstance(raw_meta, str):
+        raise VectorFileError(f"{path}: emovec metadata is not a JSON string")
+    try:
+        meta = json.loads(raw_meta)
+    except (ValueError, RecursionError) as exc:
+        raise VectorFileError(f"{path}: emovec metadata is not valid JSON") from exc
+    if not isinstance(meta, dict):
+        raise VectorFileError(f"{path}: emovec metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise VectorFileError(f"{path}: unsupported format {meta.get('format')!r}")
+
+    def bad(key: str, why: str) -> VectorFileError:
+        return VectorFileError(f"{path}: metadata field {key!r} {why}")
+
+    for key in ("emotions", "layers", "default_layer", "d_model", "model"):
+        if key not in meta:
+            raise bad(key, "is missing")
+    emotions, layers = meta["emotions"], meta["layers"]
+    if not isinstance(emotions, list) or not emotions:
+        raise bad("emotions", "must be a non-empty list of emotion names")
+    if len(emotions) > MAX_EMOTIONS:
+        raise bad("emotions", f"lists {len(emotions)} emotions (at most {MAX_EMOTIONS})")
+    if not isinstance(layers, list) or not layers:
+        raise bad("layers", "must be a non-empty list of layer numbers")
+    if len(layers) > MAX_LAYERS:
+        raise bad("layers", f"lists {len(layers)} layers (at most {MAX_LAYERS})")
+    if not all(isinstance(e, str) for e in emotions):
+        raise bad("emotions", "must hold only strings")
+    if len(set(emotions)) != len(emotions):
+        raise bad("emotions", "has duplicate names")
+    known = set(catalog.emotions())
+    unknown = [e for e in emotions if e not in known]
+    if unknown:
+        raise bad("emotions", f"has names not in the catalog: {unknown[:5]!r}")
+    if not all(_is_int(x) for x in layers):
+        raise bad("layers", "must hold only integers")
+    if any(x < 0 for x in layers):
+        raise bad("layers", "must hold only layer numbers >= 0")
+    if len(set(layers)) != len(layers):
+        raise bad("layers", "has duplicate layers")
+    if any(a > b for a, b in zip(layers, layers[1:], strict=False)):
+        raise bad("layers", "must be sorted")
+    stored = set(layers)
+    for key in ("default_layer", "steer_layer"):
+        if key == "steer_layer" and key not in meta:
+            continue
+        if not _is_int(meta[key]):
+            raise bad(key, "must be an integer")
+        if meta[key] not in stored:
+            raise bad(key, f"is {meta[key]}, which is not among the stored layers")
+    if not _is_int(meta["d_model"]) or meta["d_model"] <= 0:
+        raise bad("d_model", "must be a positive integer")
+    if not isinstance(meta["model"], dict):
+        raise bad("model", "must be a JSON object")
+    for key in ("params", "corpus", "metrics"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise bad(key, "must be a JSON object")
+    for key in ("version", "checksum"):
+        if key in meta and not isinstance(meta[key], str):
+            raise bad(key, "must be a string")
+    return meta
+
+
+def _check_layout(
+    path: Path, meta: dict[str, Any], layout: dict[str, tuple[str, tuple[int, ...]]]
+) -> None:
+    """Tensor dtypes and shapes, checked against the metadata before any data is read."""
+    missing = {"vectors", "residual_norm", "mean_activation"} - set(layout)
+    if missing:
+        raise VectorFileError(f"{path}: missing tensors {sorted(missing)}")
+    n_layers, n_emotions, d_model = len(meta["layers"]), len(meta["emotions"]), meta["d_model"]
+    expected = {
+        "vectors": (n_layers, n_emotions, d_model),
+        "readers": (n_layers, n_emotions, d_model),
+        "residual_norm": (n_layers,),
+        "mean_activation": (n_layers, d_model),
+    }
+    for name, shape in expected.items():
+        if name not in layout:
+            continue
+        dtype, actual = layout[name]
+        if dtype not in FLOAT_DTYPES:
+            raise VectorFileError(
+                f"{path}: tensor {name!r} has type {dtype}; expected a float type "
+                f"({', '.join(FLOAT_DTYPES)})"
+            )
+        if actual != shape:
+            raise VectorFileError(
+                f"{path}: tensor {name!r} has shape {actual} but metadata says {shape} "
+                "(layers, emotions, d_model)"
+            )
+
+
+def _finite(path: Path, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float32, refused if any value is NaN or infinite (also after conversion)."""
+    tensor = tensor.float()
+    if not bool(torch.isfinite(tensor).all()):
+        raise VectorFileError(f"{path}: {name} contain NaN or infinite values")
+    return tensor

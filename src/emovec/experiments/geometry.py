@@ -90,6 +90,7 @@ def lexicon_correlations(scores: np.ndarray, emotions: list[str]) -> dict | None
         "pc2_valence": float(np.corrcoef(pc2, val)[0, 1]),
         # Where valence and arousal live if not on PC1/PC2: best |r| among the first 5 PCs.
         "best_valence_pc": _best_pc(scores[matched, :5], val),
+        "best_valence_top3": _best_pc(scores[matched, :3], val),
         "best_arousal_pc": _best_pc(scores[matched, :5], aro),
     }
 
@@ -100,6 +101,28 @@ def _best_pc(scores: np.ndarray, human: np.ndarray) -> dict:
     return {"pc": k + 1, "abs_r": rs[k]}
 
 
+def supervised_valence(x: np.ndarray, emotions: list[str]) -> dict | None:
+    """Leave-one-emotion-out ridge regression from the directions to human valence: r between
+    each left-out emotion's prediction and its rating (how much valence the vectors carry,
+    whichever axis it lies on). The penalty is chosen inside each fold (RidgeCV)."""
+    from sklearn.linear_model import RidgeCV
+
+    norms = warriner_norms()
+    if norms is None:
+        return None
+    rows = [i for i, e in enumerate(emotions) if e in norms]
+    if len(rows) < 8:
+        return None
+    xs, ys = x[rows], np.array([norms[emotions[i]][0] for i in rows])
+    predicted = np.empty(len(rows))
+    alphas = np.logspace(-3, 3, 13)
+    for k in range(len(rows)):
+        train = np.arange(len(rows)) != k
+        model = RidgeCV(alphas=alphas).fit(xs[train], ys[train])
+        predicted[k] = model.predict(xs[k : k + 1])[0]
+    return {"r": float(np.corrcoef(predicted, ys)[0, 1]), "n": len(rows)}
+
+
 def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init: int = 10) -> dict:
     """Every number of the geometry experiment at one layer (PC signs oriented to the norms).
 
@@ -108,7 +131,7 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
     """
     if len(vectors.emotions) < 4:
         raise ExperimentError("geometry needs at least 4 emotions in the vector file")
-    x = vectors.at(layer).double().numpy()
+    x = vectors.reading_directions(layer).double().numpy()  # what `read` scores against
     ratios, comps, scores = pca(x)
     lex = lexicon_correlations(scores, vectors.emotions)
     for pc, key in ((0, "pc1_valence"), (1, "pc2_arousal")):
@@ -124,6 +147,7 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
     return {
         "variance_ratio": ratios[:10].tolist(),
         "scores": scores[:, :2],
+        "supervised_valence": supervised_valence(x, vectors.emotions),
         "lexicon": lex,
         "kmeans": kmeans_ari(x, vectors.emotions, seed=seed, n_init=n_init),
     }

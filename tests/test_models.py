@@ -18,7 +18,14 @@ def test_fingerprint_is_stable_across_loads(lm):
 
 
 def test_builtin_models_are_listed_with_their_packages():
-    assert set(BUILTIN) == {"smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"}
+    assert set(BUILTIN) == {
+        "smollm2-135m-instruct",
+        "gemma3-270m",
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+    }
+    big = BUILTIN["qwen2.5-coder-1.5b-instruct"]
+    assert len(big.packages) == 22 and big.sha256_prefix == "cc324af0"
     assert BUILTIN["smollm2-135m-instruct"].installed()
     assert not BUILTIN["gemma3-270m"].chat
 
@@ -63,3 +70,15 @@ def test_local_folder_and_gguf_file_load(lm, tiny_llama, tmp_path):
 
     gguf = load_model(str(builtin_gguf_path("smollm2-135m-instruct")))
     assert gguf.source == "gguf" and gguf.fingerprint == lm.fingerprint
+
+
+def test_split_gguf_parts_join_in_part_number_order(tmp_path, monkeypatch):
+    from emovec import models
+
+    modules = tuple(f"pkg_part{i}" for i in range(1, 13))
+    for i, m in enumerate(modules, 1):
+        (tmp_path / m / "data").mkdir(parents=True)
+        (tmp_path / m / "data" / f"part{i:02d}.bin").write_bytes(bytes([i]))
+    monkeypatch.setattr(models, "_module_dir", lambda m: tmp_path / m)
+    order = [p.name for p in models.ordered_parts(modules)]
+    assert order == [f"part{i:02d}.bin" for i in range(1, 13)]

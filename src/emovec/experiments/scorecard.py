@@ -122,9 +122,14 @@ def other_style_accuracy(
 
 
 def layer_checks(
-    lm: LanguageModel, vectors: EmotionVectors, layers: Sequence[int], pool: str = "extraction"
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    layers: Sequence[int],
+    pool: str = "extraction",
+    other: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Every cheap check's value at every layer."""
+    """Every cheap check's value at every layer (``other``: other-style top-1/top-5 per layer
+    already measured, to skip that pass)."""
     templates = list(sweeps.STUDY_SWEEPS)
     pick_emotions(
         vectors, sorted({e for t in templates for e in t.expect}), "the scorecard's sweeps"
@@ -134,7 +139,8 @@ def layer_checks(
     targets, scen = implicit.scenario_scores(lm, vectors, implicit.SCENARIOS, layers)
     columns = list(dict.fromkeys(targets))
     idx = [vectors.emotions.index(e) for e in columns]
-    other = other_style_accuracy(lm, vectors, layers, pools=(pool,))
+    if other is None:
+        other = other_style_accuracy(lm, vectors, layers, pools=(pool,))[pool]
     rel = vectors.metrics.get("reliability") or {}
     held = vectors.metrics.get("heldout") or {}
     out: dict[str, list[float]] = {c.key: [] for c in CHECKS}
@@ -162,8 +168,8 @@ def layer_checks(
         out["implicit"].append(implicit.diagonal_strength(square)["top1"])
         out["heldout_top1"].append(_at(held, "top1", layer))
         out["heldout_top5"].append(_at(held, "top5", layer))
-        out["other_top1"].append(other[pool]["top1"][li])
-        out["other_top5"].append(other[pool]["top5"][li])
+        out["other_top1"].append(other["top1"][li])
+        out["other_top5"].append(other["top5"][li])
     return out
 
 

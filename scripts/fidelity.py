@@ -1,0 +1,183 @@
+"""Fidelity study: which method settings to default to, chosen without labels, then the rest.
+
+    python scripts/fidelity.py [--model NAME] [--corpus curated-v2] [--layers 10-24]
+                               [--json benchmarks/results/fidelity-MODEL.json]
+
+1. Every method variant (denoising source x reading directions) is built from the same
+   pooled activations (the activation cache: the model runs once per text).
+2. Label-free criteria per variant and layer: split-half reliability (Spearman-Brown),
+   held-out top-1/top-5 on same-style stories (every 4th story of each emotion held out), and
+   top-1/top-5 on the other-style messages for every pooling choice.
+3. The default is the variant, layer and pooling with the best mean of reliability, held-out
+   top-5 and other-style top-5, at the layer each variant's own held-out top-1 picks. Human
+   valence/arousal ratings play no part in that choice.
+4. Only then: the scorecard (PCs against valence/arousal, supervised valence, families,
+   sweeps, implicit scenarios) for every variant at its layer, for the record.
+
+Writes one JSON with everything and prints markdown tables (docs/fidelity.md quotes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emovec.corpus import load_corpus
+from emovec.experiments.scorecard import CHECKS, heldout_messages, layer_checks
+from emovec.extraction import DENOISE, READERS, extract
+from emovec.models import load_model
+from emovec.reading import POOLS, pooled_positions, residuals
+
+
+def parse_layers(text: str | None, n: int) -> list[int] | None:
+    if not text:
+        return None
+    if "-" in text:
+        lo, hi = (int(x) for x in text.split("-"))
+        return list(range(lo, min(hi, n - 1) + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def message_residuals(lm, layers):
+    """Per message: its residuals [tokens, layers, d] (the model runs once per message)."""
+    out = []
+    for m in heldout_messages():
+        captured = residuals(lm, lm.encode(m["text"]), layers)
+        out.append(torch.stack([captured[layer] for layer in layers], dim=1))
+    return out
+
+
+def other_style(vectors, layers, cached, start: int) -> dict[str, dict[str, list[float]]]:
+    """Top-1/top-5 of the other-style messages per pooling and layer, from cached residuals."""
+    messages = heldout_messages()
+    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
+    labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
+    out: dict[str, dict[str, list[float]]] = {p: {"top1": [], "top5": []} for p in POOLS}
+    for li, layer in enumerate(layers):
+        row = vectors.layer_index(layer)
+        directions = vectors.reading_directions(layer)
+        summaries = {p: [] for p in POOLS}
+        for i in keep:
+            x = cached[i][:, li] - vectors.mean_activation[row]
+            s = (torch.nn.functional.normalize(x, dim=-1) @ directions.T).numpy()
+            for p in POOLS:
+                summaries[p].append(s[pooled_positions(len(s), start, p)].mean(axis=0))
+        for p in POOLS:
+            ranks = np.argsort(-np.stack(summaries[p]), axis=1)
+            out[p]["top1"].append(float((ranks[:, 0] == labels).mean()))
+            out[p]["top5"].append(float((ranks[:, :5] == labels[:, None]).any(axis=1).mean()))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--corpus", default="curated-v2")
+    parser.add_argument("--layers", default=None, help="e.g. 10-24 (default: all)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--no-scorecard", action="store_true")
+    args = parser.parse_args()
+
+    started = time.time()
+    lm = load_model(args.model)
+    corpus = load_corpus(args.corpus)
+    layers = parse_layers(args.layers, lm.n_layers)
+    variants = [(d, r) for d in DENOISE for r in READERS]
+    built = {}
+    for denoise, reader in variants:
+        t = time.time()
+        built[(denoise, reader)] = extract(
+            lm,
+            corpus,
+            layers=layers,
+            holdout_every=4,
+            denoise=denoise,
+            reader=reader,
+            cache=True,
+            progress=True,
+        )
+        print(f"{denoise}/{reader}: built in {time.time() - t:.0f} s", flush=True)
+    extract_seconds = time.time() - started
+    layers = built[variants[0]].layers
+    start = int(built[variants[0]].params["start_token"])
+    cached = message_residuals(lm, layers)
+
+    report: dict = {
+        "model": args.model,
+        "corpus": {"source": corpus.source, "hash": corpus.hash, "n_stories": len(corpus.stories)},
+        "layers": layers,
+        "extract_seconds": round(extract_seconds, 1),
+        "variants": {},
+    }
+    best = None
+    for key, vec in built.items():
+        name = "/".join(key)
+        other = other_style(vec, layers, cached, start)
+        rel = vec.metrics["reliability"]
+        held = vec.metrics["heldout"]
+        i = layers.index(vec.default_layer)
+        pool = max(POOLS, key=lambda p: other[p]["top5"][i])
+        criterion = float(np.mean([rel["vector"][i], held["top5"][i], other[pool]["top5"][i]]))
+        report["variants"][name] = {
+            "layer": vec.default_layer,
+            "criterion": round(criterion, 4),
+            "pool": pool,
+            "reliability": rel,
+            "heldout": {k: held[k] for k in ("top1", "top5")},
+            "other_style": other,
+        }
+        print(
+            f"{name:28s} layer {vec.default_layer:2d}  reliability {rel['vector'][i]:.3f}  "
+            f"held-out top-1 {held['top1'][i]:.3f} top-5 {held['top5'][i]:.3f}  other-style "
+            f"top-5 {other[pool]['top5'][i]:.3f} ({pool})  criterion {criterion:.3f}",
+            flush=True,
+        )
+        if best is None or criterion > best[0]:
+            best = (criterion, name)
+    assert best is not None
+    report["chosen"] = best[1]
+    print(f"chosen by label-free criteria: {best[1]}", flush=True)
+
+    if not args.no_scorecard:
+        for key, vec in built.items():
+            name = "/".join(key)
+            v = report["variants"][name]
+            i = layers.index(vec.default_layer)
+            mine = {k: [v["other_style"][v["pool"]][k][i]] for k in ("top1", "top5")}
+            checks = layer_checks(lm, vec, [vec.default_layer], v["pool"], other=mine)
+            report["variants"][name]["scorecard"] = {
+                c.key: None if not np.isfinite(checks[c.key][0]) else round(checks[c.key][0], 4)
+                for c in CHECKS
+            }
+            card = report["variants"][name]["scorecard"]
+            print(
+                f"{name:28s} PC1-valence {card['pc1_valence']}  top-2 {card['valence_top2']}  "
+                f"top-3 {card['valence_top3']}  supervised {card['supervised_valence']}  "
+                f"PC2-arousal {card['pc2_arousal']}  ARI {card['family_ari']}  sweeps "
+                f"{card['sweeps']}  implicit {card['implicit']}",
+                flush=True,
+            )
+        # every layer of the chosen variant
+        chosen = built[tuple(best[1].split("/"))]  # type: ignore[arg-type]
+        pool = report["variants"][best[1]]["pool"]
+        per_layer = layer_checks(
+            lm, chosen, layers, pool, other=report["variants"][best[1]]["other_style"][pool]
+        )
+        report["chosen_per_layer"] = {
+            k: [None if not np.isfinite(v) else round(float(v), 4) for v in vals]
+            for k, vals in per_layer.items()
+        }
+    report["seconds"] = round(time.time() - started, 1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    print(f"done in {report['seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -50,7 +50,7 @@ def test_read_pretty_and_steer_commands_run(monkeypatch, capsys, vectors_file, t
     text_file = tmp_path / "t.txt"
     text_file.write_text("The storm tore the roof away and she screamed.")
     code, out, _ = run_cli(monkeypatch, capsys, "read", "-v", vectors_file, "--file", text_file)
-    assert code == 0 and "mean" in out
+    assert code == 0 and "pooled" in out
     code, out, _ = run_cli(
         monkeypatch,
         capsys,
@@ -131,3 +131,92 @@ def test_console_script_is_installed_and_lists_models():
     result = subprocess.run([script, "models"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "smollm2-135m-instruct" in result.stdout and "gemma3-270m" in result.stdout
+
+
+def test_version_flag_prints_the_version(monkeypatch, capsys):
+    from emovec import __version__
+
+    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+    assert code == 0 and out.strip() == f"emovec {__version__}"
+
+
+def test_hub_id_with_the_hub_unreachable_fails_fast(monkeypatch, capsys, tmp_path):
+    import time
+
+    import transformers  # noqa: F401 - imported before the clock starts
+
+    from emovec import models
+
+    probes = []
+
+    def unreachable(address, timeout=models.HUB_PROBE_TIMEOUT):
+        probes.append(address)
+        return "[Errno 101] Network is unreachable (simulated)"
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(models, "_probe_hub", unreachable)
+    monkeypatch.setattr(models, "_hub_probes", {})
+    started = time.perf_counter()
+    code, _, err = run_cli(
+        monkeypatch, capsys, "extract", "-o", tmp_path / "v.safetensors", "-m", "nobody/nothing"
+    )
+    with pytest.raises(models.ModelError, match="unreachable") as caught:
+        models.load_model("nobody/other")  # a second hub model: no second probe
+    assert time.perf_counter() - started < 5
+    assert code == 2 and "Traceback" not in err
+    message = " ".join(err.split())
+    assert "could not load model 'nobody/nothing'" in message
+    assert "HF_HUB_OFFLINE=1" in message and "Network is unreachable (simulated)" in message
+    for alternative in ("smollm2-135m-instruct", "local model folder", ".gguf file"):
+        assert alternative in message and alternative in str(caught.value)
+    assert probes == [("huggingface.co", 443)]
+
+
+def test_hub_model_in_the_local_cache_loads_offline(monkeypatch, lm):
+    """Offline, a hub id is looked up in the local cache only (no retries, no probe with
+    HF_HUB_OFFLINE=1 set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emovec import models
+
+    calls = []
+
+    def cached(result):
+        def from_pretrained(name, **kwargs):
+            calls.append(kwargs.get("local_files_only"))
+            return result
+
+        return from_pretrained
+
+    def no_probe(*_args, **_kwargs):
+        raise AssertionError("HF_HUB_OFFLINE=1 must not probe the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "_probe_hub", no_probe)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", cached(lm.tokenizer))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", cached(lm.model))
+    loaded = models.load_model("owner/cached-model")
+    assert loaded.source == "hub" and loaded.n_layers == lm.n_layers
+    assert calls == [True, True]
+
+
+def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vectors, tmp_path):
+    import emovec.cli as cli
+    import emovec.experiments as experiments
+    from emovec.experiments import AllResults, skipped_section
+
+    def fake_run_all(_lm, vecs, out_dir, _settings, log=print):
+        results = AllResults()
+        results.skipped["sweeps"] = "the severity sweeps needs emotions the vector file lacks: x"
+        skipped_section(results.skipped, vecs).save(Path(out_dir) / "skipped")
+        return results
+
+    monkeypatch.setattr(experiments, "run_all", fake_run_all)
+    monkeypatch.setattr(cli, "_vectors_and_model", lambda _v, _m: (vectors, lm))
+    out = tmp_path / "exp"
+    code, stdout, err = run_cli(monkeypatch, capsys, "experiment", "all", "-v", "v", "-o", out)
+    assert code == 0, err
+    assert "skipped 1 of 1 experiments" in " ".join(err.split())
+    page = (out / "report.html").read_text()
+    assert "Experiments skipped" in page and "lacks: x" in page

@@ -105,7 +105,22 @@ def test_extracted_vectors_carry_their_provenance(vectors, small_corpus, lm):
     assert vectors.corpus["hash"] == small_corpus.hash
     assert vectors.params["start_token"] == 50 and vectors.params["neutral_variance"] == 0.5
     assert len(vectors.residual_norm) == lm.n_layers and float(vectors.residual_norm.min()) > 0
-    assert max(vectors.metrics["neutral_components"]) >= 1
+    # the default method (docs/fidelity.md): no denoising, whitened reading directions
+    assert vectors.params["denoise"] == "none" and vectors.params["reader"] == "whitened"
+    assert max(vectors.metrics["neutral_components"]) == 0
+    assert vectors.readers is not None and vectors.readers.shape == vectors.vectors.shape
+    rel = vectors.metrics["reliability"]
+    assert rel["split"] == "alternate" and len(rel["vector"]) == lm.n_layers
+
+
+def test_the_studys_method_stays_available(lm, small_corpus):
+    pair = Corpus(
+        small_corpus.subset(["happy", "sad", "calm"]).stories, small_corpus.neutral[:12], "p"
+    )
+    study = extract(lm, pair, layers=[6], denoise="dialogues", reader="mean")
+    assert study.metrics["neutral_components"][0] >= 1 and study.readers is None
+    assert study.params["denoise"] == "dialogues" and study.params["reader"] == "mean"
+    torch.testing.assert_close(study.reading_directions(6), study.vectors[0])
 
 
 def test_held_out_stories_are_classified_far_above_chance(vectors):
@@ -140,7 +155,7 @@ def test_pooled_cache_skips_the_model_and_gives_the_same_vectors(lm, small_corpu
     tiny = Corpus(
         small_corpus.subset(["happy", "sad", "calm"]).stories, small_corpus.neutral[:6], "t"
     )
-    cold = extract(lm, tiny, layers=[4, 12], cache=tmp_path, batch_size=4)
+    cold = extract(lm, tiny, layers=[4, 12], cache=tmp_path, batch_size=4, denoise="dialogues")
     assert cold.metrics["cached_texts"] == 0
     folder = PooledCache.for_model(lm, root=tmp_path).folder
     assert len(list(folder.glob("shard-*.safetensors"))) >= 1
@@ -149,7 +164,7 @@ def test_pooled_cache_skips_the_model_and_gives_the_same_vectors(lm, small_corpu
     handle = lm.layers[0].register_forward_hook(lambda *a: calls.append(1))
     try:  # other method settings and a subset of layers: every text comes from the cache
         warm = extract(lm, tiny, layers=[12], cache=tmp_path, neutral_variance=0.0)
-        again = extract(lm, tiny, layers=[4, 12], cache=tmp_path, batch_size=4)
+        again = extract(lm, tiny, layers=[4, 12], cache=tmp_path, batch_size=4, denoise="dialogues")
     finally:
         handle.remove()
     # (no denoising: the neutral texts are not needed, so not even read)
@@ -165,5 +180,5 @@ def test_pooled_cache_skips_the_model_and_gives_the_same_vectors(lm, small_corpu
     grown = Corpus(
         small_corpus.subset(["happy", "sad", "calm", "bored"]).stories, tiny.neutral, "g"
     )
-    vec = extract(lm, grown, layers=[4, 12], cache=tmp_path, neutral_variance=0.0)
+    vec = extract(lm, grown, layers=[4, 12], cache=tmp_path, denoise="dialogues")
     assert 6 <= vec.metrics["cached_texts"] <= 18  # never the torn shard's or bored's texts

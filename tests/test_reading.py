@@ -30,7 +30,7 @@ def test_scores_equal_cosine_with_the_centred_residual(lm, vectors):
     row = vectors.layer_index(layer)
     x = hidden - vectors.mean_activation[row]
     expected = torch.nn.functional.cosine_similarity(
-        x.unsqueeze(1), vectors.vectors[row].unsqueeze(0), dim=-1
+        x.unsqueeze(1), vectors.reading_directions(layer).unsqueeze(0), dim=-1
     )
     np.testing.assert_allclose(r.scores, expected.numpy(), atol=1e-5)
     raw = read(lm, vectors, "The dog waited by the door all evening.", layer=layer, center=False)
@@ -74,12 +74,16 @@ def test_summary_pools_like_extraction_and_skips_the_chat_template(lm, vectors):
     n = len(r.tokens)
     assert n >= 60
     start = vectors.params["start_token"]
-    np.testing.assert_allclose(r.summary(), r.scores[start - 1 :].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        r.summary("extraction"), r.scores[start - 1 :].mean(axis=0), rtol=1e-6
+    )
     np.testing.assert_allclose(r.summary("all"), r.scores.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(r.summary("last"), r.scores[-1], rtol=1e-6)
     short = read(lm, vectors, "She smiled at the letter.")
     half = len(short.tokens) // 2
-    np.testing.assert_allclose(short.summary(), short.scores[half:].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        short.summary("extraction"), short.scores[half:].mean(axis=0), rtol=1e-6
+    )
 
     chat = read(lm, vectors, "My dog died this morning.", chat=True, pool="all")
     lo, hi = chat.span

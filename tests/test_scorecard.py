@@ -84,6 +84,7 @@ def test_a_missing_emotion_is_named(lm, vectors):
     fewer = replace(
         vectors,
         vectors=vectors.vectors[:, keep],
+        readers=None if vectors.readers is None else vectors.readers[:, keep],
         emotions=[vectors.emotions[i] for i in keep],
     )
     with pytest.raises(ExperimentError, match="calm"):

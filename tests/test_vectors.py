@@ -80,3 +80,12 @@ def test_save_is_atomic_and_leaves_no_temp_files(vectors, tmp_path):
     path = vectors.save(tmp_path / "v.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]
     assert EmotionVectors.load(path).emotions == vectors.emotions
+
+
+def test_repr_is_one_short_line_without_tensors(vectors):
+    text = repr(vectors)
+    assert "\n" not in text and len(text) < 300 and "tensor" not in text
+    assert text.startswith("EmotionVectors(model='smollm2-135m-instruct', 16 emotions (")
+    assert f"layers 0..29, default layer {vectors.default_layer}" in text
+    assert "corpus='curated-test-subset'" in text
+    assert str(vectors) == text

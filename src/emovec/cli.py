@@ -26,6 +26,29 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from emovec import __version__
+
+        out.print(f"emovec {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the emovec version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Functional emotion vectors: extract, read and steer emotion directions in LMs."""
+
+
 def _known_errors() -> tuple[type[Exception], ...]:
     from emovec.authoring import AuthoringError
     from emovec.catalog import UnknownEmotionError
@@ -176,12 +199,14 @@ def extract(
     denoise: Annotated[
         str,
         typer.Option(
-            help="Denoising source: dialogues (the study's), neutral-stories, within, none."
+            help="Denoising source: dialogues (the study's), neutral-stories, within, none "
+            "(the default, chosen by label-free criteria: docs/fidelity.md)."
         ),
-    ] = "dialogues",
+    ] = "none",
     reader: Annotated[
-        str, typer.Option(help="Reading directions: mean (the vectors) or whitened.")
-    ] = "mean",
+        str,
+        typer.Option(help="Reading directions: whitened (the default) or mean (the study's)."),
+    ] = "whitened",
     shrinkage: Annotated[
         float, typer.Option(help="Shrinkage of the within-emotion covariance (whitened).")
     ] = 0.3,
@@ -300,10 +325,11 @@ def read(
     pool: Annotated[
         str,
         typer.Option(
-            help="How the text-level summary pools tokens: extraction (from the file's start "
-            "token on, short texts their second half; the default), all, or last."
+            help="How the text-level summary pools tokens: all (every token of the text; the "
+            "default, best on held-out messages), extraction (from the file's start token on, "
+            "short texts their second half, as vectors are built), or last."
         ),
-    ] = "extraction",
+    ] = "all",
 ) -> None:
     """Per-token emotion scores of a text, coloured by its top emotion."""
     from emovec.reading import read as run_read
@@ -522,7 +548,7 @@ def scorecard(
         Path | None,
         typer.Option(help="A main-job folder: steering, preference and case-study checks."),
     ] = None,
-    pool: Annotated[str, typer.Option(help="Pooling of the other-style messages.")] = "extraction",
+    pool: Annotated[str, typer.Option(help="Pooling of the other-style messages.")] = "all",
     out_path: ExpOut = None,
 ) -> None:
     """Every check of the study with our figure, the study's, and pass/fail, per layer."""
@@ -610,15 +636,28 @@ def all(  # noqa: A001 - the subcommand's name
     out_path: Annotated[Path, typer.Option("--out", "-o")] = Path("emovec-out/experiments"),
     activities: Annotated[int | None, typer.Option(help="Preference activities (seeded).")] = 32,
 ) -> None:
-    """Every experiment with the main job's settings, then the report."""
+    """Every experiment with the main job's settings, then the report.
+
+    Experiments the vector file cannot serve (a file built with ``extract -e ...`` lacks
+    emotions they need) are skipped with the reason, listed in the report; the rest still run.
+    """
     from emovec.experiments import AllSettings, run_all
     from emovec.report import build_report
 
     vecs, lm = _vectors_and_model(vectors, model)
-    run_all(lm, vecs, out_path, AllSettings(n_activities=activities), log=out.print)
-    out.print(
-        f"wrote {build_report(out_path, context={'model': vecs.model, 'vectors': str(vectors)})}"
-    )
+    results = run_all(lm, vecs, out_path, AllSettings(n_activities=activities), log=out.print)
+    skipped = getattr(results, "skipped", {})
+    context = {"model": vecs.model, "vectors": str(vectors)}
+    if skipped:
+        context["skipped"] = ", ".join(skipped)
+    out.print(f"wrote {build_report(out_path, context=context)}")
+    if skipped:
+        err.print(
+            f"[yellow]skipped {len(skipped)} of {len(skipped) + len(results)} experiments[/] "
+            f"({', '.join(skipped)}): the vector file lacks what they need; reasons in the report",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @command

@@ -78,23 +78,168 @@ def plot_heldout(metrics: dict[str, Any], default_layer: int, path: Path) -> Non
     plt.close(fig)
 
 
+#: Folders (under the main job's folder) of the report sections made from its JSON files.
+SENTIMENT_SECTION, READINGS_SECTION = "steering_sentiment", "readings"
+
+
+def sentiment_section(check: dict[str, Any], samples_shown: int = 2) -> Any:
+    """The steering sentiment check (``steering_sentiment.json``) as a report section."""
+    from emovec.experiments import Result
+
+    pos, neg = f"+{check['positive']}", f"+{check['negative']}"
+    means, n, p = check["mean_sentiment"], check["n_per_condition"], check["p_value"]
+    diff = means[pos] - means[neg]
+    layers = ", ".join(str(x) for x in check.get("layers") or []) or "default"
+    verdict = (
+        "unlikely to be chance (p < 0.05): steering moves sentiment the way the vectors say"
+        if p < 0.05 and diff > 0
+        else "not distinguishable from chance at this size"
+    )
+    result = Result(
+        SENTIMENT_SECTION,
+        "Steering and sentiment (VADER)",
+        order=7,
+        summary=f"Replies generated under {pos} and {neg} steering (strength "
+        f"{check['strength']:g} x the residual norm, layer {layers}), {n} per condition, scored "
+        f"by VADER, a lexicon sentiment scorer that knows nothing of the model (-1 to 1): "
+        f"{pos} {means[pos]:+.3f}, {neg} {means[neg]:+.3f}, unsteered "
+        f"{means.get('none', float('nan')):+.3f}. {pos} minus {neg} = {diff:+.3f}, p = {p:.4f} "
+        f"(one-sided permutation test): {verdict}.",
+        settings={k: check[k] for k in ("positive", "negative", "strength", "layers") if k in check}
+        | {"n_per_condition": n, "scorer": "VADER compound", "test": "label permutation"},
+        metrics={"mean_sentiment": means, "difference": diff, "p_value": p},
+    )
+    result.compare(
+        f"mean sentiment, {pos} minus {neg} steering",
+        round(diff, 3),
+        None,
+        f"p = {p:.4f} (one-sided permutation test), n = {n} replies per condition",
+    )
+    result.add_table(
+        "Mean VADER sentiment per condition",
+        ["condition", "mean sentiment", "replies"],
+        [[name, float(value), n] for name, value in means.items()],
+    )
+    samples = check.get("samples") or {}
+    if samples:
+        result.add_table(
+            f"Sample replies (the first {samples_shown} of each condition)",
+            ["condition", "reply"],
+            [
+                [name, " ".join(str(text).split())[:300]]
+                for name, texts in samples.items()
+                for text in texts[:samples_shown]
+            ],
+        )
+    return result
+
+
+def readings_section(readings: list[dict[str, Any]], layer: int | None = None) -> Any:
+    """The sample readings (``readings.json``: text and top emotions) as a report section."""
+    from emovec.experiments import Result
+
+    where = f"at layer {layer}" if layer is not None else "at the vector file's default layer"
+    result = Result(
+        READINGS_SECTION,
+        "Sample readings",
+        order=6,
+        summary=f"{len(readings)} short texts read token by token {where}; each row gives the "
+        "emotions with the highest mean score over the text's tokens (centred cosine).",
+        settings={"layer": layer, "score": "mean over tokens"},
+    )
+    result.add_table(
+        "Top emotions per text",
+        ["text", "top emotions (mean over tokens)"],
+        [[r["text"], ", ".join(f"{e} {float(v):+.3f}" for e, v in r["top"])] for r in readings],
+    )
+    return result
+
+
+def write_job_sections(out_dir: Path, layer: int | None = None) -> list[Path]:
+    """Report sections from the main job's ``steering_sentiment.json`` and ``readings.json``
+    (each file that exists), written as result folders in ``out_dir``; returns the folders."""
+    out_dir = Path(out_dir)
+    written = []
+    sentiment_file, readings_file = out_dir / "steering_sentiment.json", out_dir / "readings.json"
+    if sentiment_file.is_file():
+        check = json.loads(sentiment_file.read_text("utf-8"))
+        written.append(sentiment_section(check).save(out_dir / SENTIMENT_SECTION))
+    if readings_file.is_file():
+        readings = json.loads(readings_file.read_text("utf-8"))
+        written.append(readings_section(readings, layer).save(out_dir / READINGS_SECTION))
+    return written
+
+
+#: The main job's extraction: the library's default method (chosen by label-free criteria,
+#: docs/fidelity.md), every layer, every 4th story of each emotion held out to pick the layer.
+MAIN_HOLDOUT = 4
+
+
+def main_job_params(lm) -> dict[str, Any]:
+    """The method parameters a main-job vector file records (batch size aside)."""
+    from dataclasses import asdict
+
+    from emovec.extraction import ExtractionSettings
+
+    params = asdict(ExtractionSettings(holdout_every=MAIN_HOLDOUT))
+    params.pop("batch_size")
+    params["layers"] = list(range(lm.n_layers))
+    return params
+
+
+def _same_method(vectors: EmotionVectors, lm) -> bool:
+    wanted = main_job_params(lm)
+    return all(vectors.params.get(k) == v for k, v in wanted.items())
+
+
+def bundled_vectors(lm, corpus) -> EmotionVectors | None:
+    """The vectors shipped for a built-in model (``emovec/data/prebuilt/NAME.safetensors``),
+    when they fit this model, this corpus and the main job's method; else None.
+
+    They are what ``extract`` builds with the main job's settings (``emovec extract --corpus
+    curated --holdout-every 4`` gives the same file), shipped so the first run skips the
+    20-minute extraction on a laptop CPU."""
+    from importlib import resources
+
+    entry = resources.files("emovec.data").joinpath("prebuilt").joinpath(f"{lm.name}.safetensors")
+    if not entry.is_file():
+        return None
+    try:
+        vectors = EmotionVectors.load(Path(str(entry)))
+        vectors.check_model(lm)
+    except VectorFileError:
+        return None
+    if vectors.corpus.get("hash") != corpus.hash or not _same_method(vectors, lm):
+        return None
+    return vectors
+
+
 def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVectors:
-    """Reuse ``path`` when it was built from this model and the curated corpus as it is now."""
+    """Reuse ``path`` when it was built from this model, the curated corpus as it is now and the
+    main job's method; else the bundled vectors of a built-in model; else build them."""
     corpus = load_corpus("curated")
     if path.exists() and not rebuild:
         try:
             cached = EmotionVectors.load(path)
             cached.check_model(lm)
-            if cached.corpus.get("hash") == corpus.hash and "heldout" in cached.metrics:
-                console.print(f"reusing vectors in {path} (same model and corpus)")
+            same = cached.corpus.get("hash") == corpus.hash and _same_method(cached, lm)
+            if same and "heldout" in cached.metrics:
+                console.print(f"reusing vectors in {path} (same model, corpus and method)")
                 return cached
         except VectorFileError:
             pass
+    if not rebuild and (shipped := bundled_vectors(lm, corpus)) is not None:
+        console.print(
+            f"using the bundled vectors of {lm.name} (corpus {corpus.source}, the main job's "
+            "method; `emovec run --rebuild` builds them again, with the same result)"
+        )
+        shipped.save(path)
+        return shipped
     console.print(
         f"building vectors: {len(corpus.stories)} stories, {len(corpus.neutral)} neutral "
-        f"dialogues, all {lm.n_layers} layers"
+        f"dialogues, {len(corpus.neutral_stories)} neutral stories, all {lm.n_layers} layers"
     )
-    vectors = extract(lm, corpus, progress=True, holdout_every=3, cache=True)
+    vectors = extract(lm, corpus, progress=True, holdout_every=MAIN_HOLDOUT, cache=True)
     vectors.save(path)
     return vectors
 
@@ -229,6 +374,8 @@ def run_demo(
         f"p(+happy > +sad by chance) = {check.p_value:.4f}, n = {check.n_per_condition} each"
     )
 
+    write_job_sections(out_dir, vectors.default_layer)  # the two above, as report sections
+
     experiments = run_experiments(lm, vectors, out_dir, console)
     studies = run_case_studies(lm, vectors, out_dir, console)
     card = run_scorecard_section(lm, vectors, out_dir, console)
@@ -240,6 +387,7 @@ def run_demo(
             "model": vectors.model,
             "vectors": str(out_dir / "vectors.safetensors"),
             "default_layer": vectors.default_layer,
+            "steering layer": vectors.default_steer_layer,
         },
     )
     console.print(f"report: {report}")

@@ -319,6 +319,80 @@ def resolve_source(spec: str) -> tuple[str, str]:
     )
 
 
+#: Seconds the hub probe waits for a TCP connection (DNS included).
+HUB_PROBE_TIMEOUT = 2.0
+#: How long a probe's answer is trusted before the hub is probed again.
+HUB_PROBE_TTL = 60.0
+_hub_probes: dict[tuple[str, int], tuple[float, str | None]] = {}
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_address() -> tuple[str, int]:
+    """Where a hub download would first connect: the HTTPS proxy if one is set, else the hub
+    (``$HF_ENDPOINT``, default huggingface.co) on its port."""
+    from urllib.parse import urlsplit
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            url = urlsplit(value if "://" in value else "//" + value)
+            if url.hostname:
+                return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _probe_hub(address: tuple[str, int], timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """One TCP connection attempt to ``address``: None if it connects, else why not. Runs in
+    a thread joined with a deadline, since name resolution ignores socket timeouts."""
+    import socket
+    import threading
+
+    why: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            why.append(None)
+        except OSError as exc:
+            why.append(str(exc) or type(exc).__name__)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return why[0] if why else f"no answer within {timeout:g} s"
+
+
+def hub_offline_reason() -> str | None:
+    """Why a hub download cannot work now (None when it can): ``HF_HUB_OFFLINE`` (or
+    ``TRANSFORMERS_OFFLINE``) is set, or the hub (or the proxy before it) refuses a short
+    connection probe. A probe's answer is kept for :data:`HUB_PROBE_TTL` seconds, so loading
+    several models probes once."""
+    import time
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _truthy(name):
+            return f"{name}={os.environ[name]} is set"
+    address = _hub_address()
+    known = _hub_probes.get(address)
+    if known is None or time.monotonic() - known[0] >= HUB_PROBE_TTL:
+        known = (time.monotonic(), _probe_hub(address))
+        _hub_probes[address] = known
+    return None if known[1] is None else f"{address[0]}:{address[1]}: {known[1]}"
+
+
+def _offline_error(spec: str, reason: str) -> ModelError:
+    return ModelError(
+        f"could not load model {spec!r}: the Hugging Face hub is unreachable ({reason}) and the "
+        "model is not in the local Hugging Face cache. Offline, give a built-in name "
+        f"({', '.join(BUILTIN)}), a local model folder or a .gguf file; once the model is "
+        "cached, set HF_HUB_OFFLINE=1 to load it without contacting the hub."
+    )
+
+
 def load_model(
     spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
 ) -> LanguageModel:
@@ -334,10 +408,16 @@ def load_model(
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # A hub id with no hub in reach: only the local cache can serve it, so ask only the
+        # cache (the hub client would otherwise retry for ~50 s before giving up).
+        offline = hub_offline_reason() if kind == "hub" else None
+        local = {"local_files_only": True} if offline else {}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(detail)
-            model = AutoModelForCausalLM.from_pretrained(detail, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(detail, **local)
+            model = AutoModelForCausalLM.from_pretrained(detail, dtype=torch_dtype, **local)
         except (OSError, ValueError) as exc:
+            if offline:
+                raise _offline_error(spec, offline) from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"could not load model {spec!r}: {first}") from exc
     model.to(device)

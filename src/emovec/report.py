@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from emovec import __version__
 from emovec.experiments.result import load_result
+from emovec.files import write_atomic
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
@@ -96,6 +95,41 @@ def render_section(folder: Path, data: dict[str, Any], anchor: str) -> str:
     return "\n".join(parts)
 
 
+#: How a model identity (``LanguageModel.identity()``, a vector file's ``model``) is shown.
+MODEL_ROWS = (
+    ("name", "model"),
+    ("architecture", "architecture"),
+    ("n_layers", "layers"),
+    ("d_model", "d_model"),
+    ("fingerprint", "fingerprint"),
+)
+
+
+def _shown(value: Any) -> Any:
+    return value if value is None or isinstance(value, str | int | float) else json.dumps(value)
+
+
+def context_rows(context: dict[str, Any]) -> list[list[Any]]:
+    """The page header's rows: a model identity as readable rows (model, architecture, layers,
+    d_model, fingerprint), any other mapping one row per key, the rest as they are."""
+    rows: list[list[Any]] = []
+    for key, value in context.items():
+        if key == "model" and isinstance(value, dict):
+            model = dict(value)
+            for field, label in MODEL_ROWS:
+                if field in model:
+                    shown = model.pop(field)
+                    if field == "architecture" and model.get("model_type"):
+                        shown = f"{shown} ({model.pop('model_type')})"
+                    rows.append([label, _shown(shown)])
+            rows += [[f"model {k}", _shown(v)] for k, v in model.items()]
+        elif isinstance(value, dict):
+            rows += [[f"{key} {k}", _shown(v)] for k, v in value.items()]
+        else:
+            rows.append([key, _shown(value)])
+    return rows
+
+
 def build_report(
     root: str | Path,
     out: str | Path | None = None,
@@ -119,10 +153,7 @@ def build_report(
         for i, (_, d) in enumerate(sections)
     )
     body = "\n".join(render_section(folder, d, f"s{i}") for i, (folder, d) in enumerate(sections))
-    ctx = _table(
-        ["", ""],
-        [[k, v if isinstance(v, str | int | float) else json.dumps(v)] for k, v in context.items()],
-    )
+    ctx = _table(["", ""], context_rows(context))
     page = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
@@ -130,10 +161,5 @@ def build_report(
         "(Claude Sonnet 4.5); compare signs, orders and correlations, not absolute values."
         f"</p><nav><ol>{nav}</ol></nav>{body}</body></html>"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; the page is meant to be shared
-    os.replace(tmp, out)
-    return out
+    # temp file, fsync, rename: a kill or a full disk never leaves half a page (0644, shared)
+    return write_atomic(out, page)

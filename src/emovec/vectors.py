@@ -63,6 +63,29 @@ class EmotionVectors:
     #: Reading directions [n_layers, n_emotions, d_model] when they differ from ``vectors``.
     readers: torch.Tensor | None = None
 
+    def __repr__(self) -> str:
+        """One line (no tensors): model, emotions, layers, default layers, corpus."""
+        n = len(self.emotions)
+        shown = ", ".join(self.emotions[:4]) + (", ..." if n > 4 else "")
+        layers = self.layers
+        if not layers:
+            span = "no layers"
+        elif layers == list(range(layers[0], layers[-1] + 1)):
+            span = f"layers {layers[0]}..{layers[-1]}"
+        else:
+            span = f"{len(layers)} layers in {layers[0]}..{layers[-1]}"
+        steer = (
+            f", steer layer {self.steer_layer}"
+            if self.steer_layer not in (None, self.default_layer)
+            else ""
+        )
+        corpus = self.corpus.get("source") or self.corpus.get("name") or "unknown"
+        return (
+            f"EmotionVectors(model={self.model.get('name', '?')!r}, {n} emotions ({shown}), "
+            f"{span}, default layer {self.default_layer}{steer}, d_model {self.d_model}, "
+            f"corpus={corpus!r})"
+        )
+
     def reading_directions(self, layer: int | None = None) -> torch.Tensor:
         """The unit directions ``read`` scores against at one layer: [n_emotions, d_model]."""
         row = self.layer_index(layer)

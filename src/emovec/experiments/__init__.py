@@ -24,7 +24,7 @@ from typing import Any
 from emovec.experiments.common import ExperimentError
 from emovec.experiments.result import Result, load_result
 
-__all__ = ["ExperimentError", "Result", "load_result", "run_all", "AllSettings"]
+__all__ = ["ExperimentError", "Result", "load_result", "run_all", "AllSettings", "AllResults"]
 
 
 @dataclass
@@ -42,14 +42,56 @@ class AllSettings:
     skip: list[str] = field(default_factory=list)
 
 
+class AllResults(dict):
+    """What :func:`run_all` returns: ``{name: Result}`` of the experiments that ran, plus
+    :attr:`skipped`, ``{name: reason}`` of those the vector file could not serve."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped: dict[str, str] = {}
+
+
+#: Folder (under run_all's ``out_dir``) of the report section listing skipped experiments.
+SKIPPED_SECTION = "skipped"
+
+
+def skipped_section(skipped: dict[str, str], vectors) -> Result:
+    """A short report section: which experiments did not run, and why."""
+    n = len(vectors.emotions)
+    return Result(
+        SKIPPED_SECTION,
+        "Experiments skipped",
+        order=3,
+        summary=f"{len(skipped)} experiment{'' if len(skipped) == 1 else 's'} could not run on "
+        f"this vector file ({n} emotions): {', '.join(skipped)}. Rebuild the vectors with the "
+        "emotions named below (`emovec extract -e ...`), or with the whole catalogue, to run "
+        "them.",
+        tables=[
+            {
+                "title": "Skipped experiments",
+                "columns": ["experiment", "reason"],
+                "rows": [[name, reason] for name, reason in skipped.items()],
+            }
+        ],
+        settings={"emotions": list(vectors.emotions)},
+        data={"skipped": skipped},
+    )
+
+
 def run_all(
     lm,
     vectors,
     out_dir: str | Path,
     settings: AllSettings | None = None,
     log: Callable[[str], Any] = print,
-) -> dict[str, Result]:
-    """Run every experiment on ``lm``/``vectors``; each lands in ``out_dir/<name>``."""
+) -> AllResults:
+    """Run every experiment on ``lm``/``vectors``; each lands in ``out_dir/<name>``.
+
+    An experiment the vector file cannot serve (it raises :class:`ExperimentError`, e.g. a file
+    built with ``extract -e ...`` that lacks emotions the experiment needs) is skipped, not
+    fatal: the reason goes to the returned value's ``skipped`` and to a report section in
+    ``out_dir/skipped``; the other experiments still run.
+    """
     import time
 
     from emovec.experiments import (
@@ -92,14 +134,25 @@ def run_all(
             f"'{emotion or vectors.emotions[0]}', which must rank first.",
         ),
     }
-    results = {}
+    results = AllResults()
     for name, job in jobs.items():
         if name in s.skip:
             continue
         started = time.perf_counter()
-        result = job()
+        try:
+            result = job()
+        except ExperimentError as exc:
+            reason = str(exc).strip() or type(exc).__name__
+            results.skipped[name] = reason
+            log(f"{name}: skipped ({reason})")
+            continue
         result.settings["seconds"] = round(time.perf_counter() - started, 1)
         result.save(out_dir / name)
         log(f"{result.title}: {result.summary} ({result.settings['seconds']} s)")
         results[name] = result
+    stale = out_dir / SKIPPED_SECTION / "result.json"
+    if results.skipped:
+        skipped_section(results.skipped, vectors).save(out_dir / SKIPPED_SECTION)
+    elif stale.is_file():
+        stale.unlink()  # an earlier run's list; everything ran this time
     return results

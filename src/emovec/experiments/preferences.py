@@ -28,6 +28,7 @@ from emovec.experiments.common import ExperimentError, pick_emotions, resolve_la
 from emovec.experiments.result import Result, pyplot
 from emovec.hooks import backbone, residual_hooks
 from emovec.models import LanguageModel
+from emovec.stats import MIN_N, TOO_FEW, correlation_ci, describe_correlation, shown_correlation
 from emovec.steering import steer
 from emovec.vectors import EmotionVectors
 
@@ -445,31 +446,60 @@ def run_preferences(
             "opponents": opponents,
         },
     )
+    # Every correlation beside the study's comes with its n and a 95% interval (Fisher z).
+    intervals: dict[str, list[float] | None] = {}
+
+    def compare_r(measure: str, key: str, r: float, n: int, study, note: str, method="pearson"):
+        ci = correlation_ci(r, n, method)
+        intervals[key] = list(ci) if ci else None
+        result.compare(
+            measure,
+            shown_correlation(r, n),
+            study,
+            f"{describe_correlation(r, n, method)} {note}".strip(),
+        )
+
     for e, study_r, study_d in (("blissful", 0.71, 212), ("hostile", -0.74, -303)):
         if e in vectors.emotions:
-            result.compare(f"r(probe '{e}' on activity tokens, Elo)", round(corr[e], 3), study_r)
+            compare_r(
+                f"r(probe '{e}' on activity tokens, Elo)",
+                f"probe_elo_r_{e}",
+                corr[e],
+                n,
+                study_r,
+                "(activities); study 64 activities",
+            )
         if e in deltas:
             result.compare(
                 f"Elo change steering '{e}' (s = {strength})", round(deltas[e], 1), f"{study_d:+d}"
             )
-    result.compare(
+    compare_r(
         "r(steering Elo change, probe-Elo correlation) across emotions",
-        round(relation, 3),
+        "steering_vs_correlation_r",
+        relation,
+        len(shared),
         0.85,
-        f"{len(shared)} emotions here, 35 in the study",
+        "(emotions); 35 in the study",
     )
-    result.compare(
+    compare_r(
         "Elo rank stability: Spearman between two disjoint halves of the pairs",
-        round(stability, 3),
+        "elo_stability_spearman",
+        stability,
+        n,
         None,
-        f"{len(unordered) // 2} unordered pairs per half",
+        f"(activities); {len(unordered) // 2} unordered pairs per half",
+        method="spearman",
     )
-    result.compare(
+    compare_r(
         "Spearman of our Elo with the study's (Claude Sonnet 4.5)",
-        round(result.metrics["elo_vs_study_spearman"], 3),
+        "elo_vs_study_spearman",
+        result.metrics["elo_vs_study_spearman"],
+        n,
         None,
-        "different model: only a loose match is expected",
+        "(activities); different model: only a loose match is expected",
+        method="spearman",
     )
+    result.metrics["ci95"] = intervals
     result.compare("letter bias (logit A minus B at equal Elo)", round(bias, 3))
     order = np.argsort(-elo)
     result.add_table(
@@ -486,11 +516,16 @@ def run_preferences(
         ["emotion", "r(probe, Elo)", "steering Elo change"],
         [[e, round(r, 3), round(deltas[e], 1) if e in deltas else ""] for e, r in top[:15]],
     )
+    relation_text = (
+        f"at r = {relation:+.2f} ({describe_correlation(relation, len(shared))}; study: 0.85)"
+        if len(shared) >= MIN_N
+        else f"over {len(shared)} emotions, {TOO_FEW} (study: 0.85 over 35)"
+    )
     result.summary = (
         f"{len(pairs)} ordered choices among {n} activities (Elo stability between disjoint "
         f"halves: Spearman {stability:.2f}). Steering {len(steer_emotions)} emotions on the "
-        f"activity tokens (s = {strength}): the Elo change tracks the probe-Elo correlation at "
-        f"r = {relation:+.2f} (study: 0.85)."
+        f"activity tokens (s = {strength}): the Elo change tracks the probe-Elo correlation "
+        f"{relation_text}."
     )
     result.add_figure(
         _plot(elo, halves, corr, deltas, steer_emotions),

@@ -125,7 +125,7 @@ def layer_checks(
     lm: LanguageModel,
     vectors: EmotionVectors,
     layers: Sequence[int],
-    pool: str = "extraction",
+    pool: str = "all",
     other: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Every cheap check's value at every layer (``other``: other-style top-1/top-5 per layer
@@ -226,7 +226,7 @@ def run_scorecard(
     vectors: EmotionVectors,
     layers: Sequence[int] | None = None,
     results_dir: str | Path | None = None,
-    pool: str = "extraction",
+    pool: str = "all",
 ) -> Result:
     """Every check per layer, and the verdicts at the default layer."""
     check_compatible(lm, vectors)

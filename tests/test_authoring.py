@@ -496,6 +496,29 @@ def test_endpoint_down_is_a_clear_error(tmp_path):
         _one_request_run(f"http://127.0.0.1:{port}", tmp_path)
 
 
+def test_endpoint_credentials_are_never_stored_or_shown(scripted, tmp_path):
+    """A key in the endpoint URL (user:password@, or a query string) stays out of the manifest
+    and every written file and message; an older manifest that kept it still matches."""
+    _, url = scripted
+    secret_url = url.replace("http://", "http://alice:s3cret-key@")
+    assert A.public_url(secret_url + "/v1?api_key=s3cret-key#x") == url + "/v1"
+    _Scripted.script = [(200, {}, _completion(STORY))]
+    folder = tmp_path / "creds"
+    assert _one_request_run(secret_url, folder).complete
+    for path in folder.iterdir():
+        assert "s3cret" not in path.read_text(), path.name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["stories"]["params"]["author"]["url"] == url + "/v1"
+    # a manifest written before the URL was cleaned: the same endpoint continues it
+    manifest["stories"]["params"]["author"]["url"] = secret_url + "/v1"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert _one_request_run(secret_url, folder).complete
+    assert "s3cret" not in (folder / "manifest.json").read_text()
+    with pytest.raises(A.AuthoringError) as failed:  # messages name the endpoint cleanly too
+        _one_request_run("http://alice:s3cret-key@127.0.0.1:9", tmp_path / "down")
+    assert "s3cret" not in str(failed.value) and "127.0.0.1:9" in str(failed.value)
+
+
 def test_cli_bad_input_is_one_clear_line(tmp_path):
     from typer.testing import CliRunner
 

@@ -220,3 +220,12 @@ def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vec
     assert "skipped 1 of 1 experiments" in " ".join(err.split())
     page = (out / "report.html").read_text()
     assert "Experiments skipped" in page and "lacks: x" in page
+
+
+def test_info_prints_file_text_as_plain_text(monkeypatch, capsys, vectors, tmp_path):
+    from dataclasses import replace
+
+    hostile = replace(vectors, model={**vectors.model, "name": "evil[/][bold red]x"})
+    path = hostile.save(tmp_path / "markup.safetensors")
+    code, out, _ = run_cli(monkeypatch, capsys, "info", path)
+    assert code == 0 and "evil[/][bold red]x" in out

@@ -23,11 +23,9 @@ a kill gives the same tokens; an endpoint request carries a seed from (seed, its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hashlib
 import json
-import os
 import random
 import re
 import time
@@ -37,9 +35,10 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from emovec import catalog
-from emovec.files import write_atomic
+from emovec.files import AppendLog, write_atomic
 
 PROMPTS_VERSION = "v1"
 STORIES, NEUTRAL = "stories", "neutral"
@@ -492,12 +491,14 @@ class EndpointAuthor:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
+        #: The URL as stored in the manifest and shown in messages: without credentials.
+        self.public_url = public_url(self.base_url)
         self.model, self.api_key = model, api_key
         self.concurrency, self.max_retries = concurrency, max_retries
         self.timeout, self.backoff = timeout, backoff
 
     def identity(self) -> dict[str, Any]:
-        return {"type": "endpoint", "url": self.base_url, "model": self.model}
+        return {"type": "endpoint", "url": self.public_url, "model": self.model}
 
     async def complete(self, client, prompt: str, sampling: Sampling, seed: int) -> str:
         """One chat completion's text; raises AuthoringError after the last retry."""
@@ -519,7 +520,7 @@ class EndpointAuthor:
             except httpx.TimeoutException:
                 problem = f"no answer within {self.timeout:g} s"
             except httpx.TransportError as exc:
-                problem = f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})"
+                problem = f"cannot reach {self.public_url} ({type(exc).__name__}: {exc})"
             else:
                 if resp.status_code == 200:
                     text = _completion_text(resp)
@@ -531,7 +532,7 @@ class EndpointAuthor:
                     wait = max(wait, _retry_after(resp) or 0)
                 else:
                     raise AuthoringError(
-                        f"endpoint {self.base_url} refused the request: HTTP "
+                        f"endpoint {self.public_url} refused the request: HTTP "
                         f"{resp.status_code}: {resp.text[:200]} (check the URL, model and API key)"
                     )
             if attempt < self.max_retries:
@@ -547,6 +548,31 @@ class EndpointAuthor:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.concurrency)
         return httpx.AsyncClient(timeout=self.timeout, headers=headers, limits=limits)
+
+
+def public_url(url: str) -> str:
+    """``url`` without what may be a secret: user and password (``https://user:key@host``),
+    query string and fragment. The manifest and every message name the endpoint this way."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    netloc = host + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _public_identity(identity: Any) -> Any:
+    """A stored author identity as :func:`public_url` would have written it (manifests from
+    before it kept credentials in the URL; they still match the same endpoint)."""
+    if isinstance(identity, dict) and identity.get("type") == "endpoint":
+        url = identity.get("url")
+        if isinstance(url, str):
+            return {**identity, "url": public_url(url)}
+    return identity
 
 
 def need_endpoint_extra(module: str):
@@ -581,64 +607,34 @@ def _retry_after(resp) -> float | None:
 
 
 class ReplyLog:
-    """The append-only record of finished requests (one JSON line each, fsynced)."""
+    """The append-only record of finished requests (one JSON line each, fsynced).
+
+    An :class:`emovec.files.AppendLog`: a half-written last line (a kill mid-write) is cut
+    off. A damaged line in the middle is refused, naming the line, rather than skipped: the
+    log is the corpus's only copy of its replies, so a person should look at it first.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.records: dict[int, dict[str, Any]] = {}
-        if path.exists():
-            self._recover()
-
-    def _recover(self) -> None:
-        """Read finished records; drop a half-written last line (a kill mid-write)."""
-        data = self.path.read_bytes()
-        good = 0
-        for number, line in enumerate(data.split(b"\n"), 1):
-            end = good + len(line) + 1
-            if not line.strip():
-                good = min(end, len(data))
-                continue
-            try:
-                record = json.loads(line)
-                complete = end <= len(data)  # the line has its newline
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                record, complete = None, False
-            if record is None or not complete:
-                if end < len(data):
-                    raise AuthoringError(
-                        f"{self.path}:{number}: damaged record in the middle of the file; "
-                        "delete that line and rerun"
-                    )
-                break
-            self.records[record["index"]] = record
-            good = end
-        if good < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
+        self._log = AppendLog(path, required=("index",), warn=False)
+        if self._log.damaged:
+            raise AuthoringError(
+                f"{self.path}:{self._log.damaged[0]}: damaged record in the middle of the file; "
+                "delete that line and rerun"
+            )
+        self.records: dict[int, dict[str, Any]] = {r["index"]: r for r in self._log.records}
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Write records and fsync; on a full disk, cut back to the last whole line and explain."""
-        data = b"".join(
-            json.dumps(r, ensure_ascii=False, sort_keys=True).encode() + b"\n" for r in records
-        )
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        start = os.fstat(fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            self._log.extend(records)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # else a half line is dropped on the next start
-                os.ftruncate(fd, start)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise AuthoringError(
                     f"disk full while writing {self.path}: the {len(self.records)} requests "
                     "written before are safe; free some space and rerun the same command"
                 ) from exc
             raise
-        finally:
-            os.close(fd)
         for r in records:
             self.records[r["index"]] = r
 
@@ -730,6 +726,8 @@ def write_corpus(
         params["batch_size"] = author.batch_size
     manifest = read_manifest(folder)
     previous = manifest.get(kind, {}).get("params")
+    if isinstance(previous, dict) and "author" in previous:
+        previous = {**previous, "author": _public_identity(previous["author"])}
     if previous is not None and previous != params:
         changed = sorted(k for k in params if previous.get(k) != params[k])
         raise AuthoringError(

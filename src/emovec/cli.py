@@ -279,9 +279,11 @@ def info(
         print(json.dumps(meta, indent=2))
         return
     model = meta["model"]
-    out.print(f"[bold]{path}[/]  (emovec {meta['version']})")
+    # Everything read from the file is printed as plain text, never as rich markup.
+    out.print(f"[bold]{escape(str(path))}[/]  (emovec {escape(str(meta['version']))})")
     out.print(
-        f"model: {model['name']} ({model['architecture']}, fingerprint {model['fingerprint']})"
+        f"model: {model['name']} ({model['architecture']}, fingerprint {model['fingerprint']})",
+        markup=False,
     )
     out.print(
         f"layers: {meta['layers'][0]}..{meta['layers'][-1]} ({len(meta['layers'])}), "

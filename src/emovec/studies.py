@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from emovec.files import write_atomic
+from emovec.files import AppendLog, read_log, write_atomic
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
 from emovec.vectors import EmotionVectors
@@ -561,32 +561,22 @@ class Study:
         return present or list(vectors.emotions[:8])
 
 
+#: Keys every rollout record has (a line without them is damaged, not a record).
+ROLLOUT_KEYS = ("condition", "index")
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record)
+
+
 def load_rollouts(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of a rollouts file; a torn last line (a run killed mid-write) is dropped, and
-    with ``repair`` cut from the file so that appending continues cleanly."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    records, good = [], 0
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if repair and good < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(good)
-    return records
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Records of a rollouts file (see :class:`emovec.files.AppendLog`): a torn last line (a
+    run killed mid-write) is dropped, and with ``repair`` cut from the file so that appending
+    continues cleanly; a damaged line elsewhere is skipped with a warning, and every record
+    after it is kept. Without ``repair`` the file is not changed."""
+    if repair:
+        return AppendLog(path, required=ROLLOUT_KEYS, dumps=_dumps).records
+    return read_log(path, required=ROLLOUT_KEYS)
 
 
 def _pending(study: Study, done: set[tuple[str, int]]) -> Iterator[tuple[Condition, int]]:
@@ -623,8 +613,8 @@ def run_study(
                 "(or delete that one) to start afresh"
             )
     write_atomic(settings_path, json.dumps({**settings, "rollouts": study.rollouts}, indent=1))
-    path = out / "rollouts.jsonl"
-    records = load_rollouts(path, repair=True)
+    log = AppendLog(out / "rollouts.jsonl", required=ROLLOUT_KEYS, dumps=_dumps)
+    records = list(log.records)
     done = {(r["condition"], r["index"]) for r in records}
     todo = list(_pending(study, done))
     watch = settings["watch"]
@@ -633,7 +623,7 @@ def run_study(
         for condition, index in todo:
             item = items[index % len(items)]
             record = rollout(lm, vectors, study, condition, index, item, watch, judge)
-            _append(path, record)
+            log.append(record)
             records.append(record)
             tick(1)
             if on_record is not None:

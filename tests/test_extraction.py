@@ -182,3 +182,19 @@ def test_pooled_cache_skips_the_model_and_gives_the_same_vectors(lm, small_corpu
     )
     vec = extract(lm, grown, layers=[4, 12], cache=tmp_path, denoise="dialogues")
     assert 6 <= vec.metrics["cached_texts"] <= 18  # never the torn shard's or bored's texts
+
+
+def test_python_extract_uses_the_activation_cache_by_default(
+    lm, small_corpus, tmp_path, monkeypatch
+):
+    import inspect
+
+    assert inspect.signature(extract).parameters["cache"].default is True
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path))
+    stories = small_corpus.subset(["happy", "sad"]).stories
+    pair = Corpus(stories[:2] + stories[-2:], [], "p")
+    extract(lm, pair, layers=[2], neutral_variance=0.0)
+    again = extract(lm, pair, layers=[2], neutral_variance=0.0)
+    assert again.metrics["cached_texts"] == 4
+    off = extract(lm, pair, layers=[2], neutral_variance=0.0, cache=False)
+    assert off.metrics["cached_texts"] == 0

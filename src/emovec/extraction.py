@@ -545,7 +545,7 @@ def extract(
     corpus: Corpus | str = CURATED,
     settings: ExtractionSettings | None = None,
     progress: bool = False,
-    cache: PooledCache | str | bool | None = None,
+    cache: PooledCache | str | bool | None = True,
     **overrides: Any,
 ) -> EmotionVectors:
     """Build emotion vectors for ``lm`` from ``corpus`` (see the module docstring for the method).
@@ -556,9 +556,10 @@ def extract(
     layer is the study's two-thirds depth. Steering defaults to 40% depth (see
     :attr:`EmotionVectors.steer_layer`).
 
-    ``cache`` keeps every text's pooled means (``True``: under ``$EMOVEC_CACHE/pooled``; a
-    folder or :class:`PooledCache`: there), so re-extracting with other method settings, a
-    subset or a grown corpus runs the model only on texts it has not seen.
+    ``cache`` keeps every text's pooled means (``True``, the default as in the CLI: under
+    ``$EMOVEC_CACHE/pooled``; a folder or :class:`PooledCache`: there; ``False`` or ``None``:
+    off), so re-extracting with other method settings, a subset or a grown corpus runs the
+    model only on texts it has not seen.
     """
     settings = replace(settings) if settings is not None else ExtractionSettings()
     for key, value in overrides.items():  # on a copy: the caller's settings stay as they were

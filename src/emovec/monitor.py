@@ -215,22 +215,48 @@ class Baseline:
     def load(cls, path: str | Path) -> Baseline:
         path = Path(path)
         try:
-            data = json.loads(path.read_text("utf-8"))
-            if data.get("format") != BASELINE_FORMAT:
+            text = path.read_text("utf-8")
+            data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+            if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
                 raise KeyError("format")
+            emotions, layer, n_tokens = data["emotions"], data["layer"], data["n_tokens"]
+            if not (
+                isinstance(emotions, list)
+                and emotions
+                and all(isinstance(e, str) and e for e in emotions)
+                and len(set(emotions)) == len(emotions)
+            ):
+                raise ValueError("emotions")
+            if not (_is_count(layer) and _is_count(n_tokens)):
+                raise ValueError("layer or n_tokens")
+            mean, std = data["mean"], data["std"]
+            for values in (mean, std):
+                if not (
+                    isinstance(values, list)
+                    and len(values) == len(emotions)
+                    and all(_is_score(x) for x in values)
+                ):
+                    raise ValueError("mean or std")
+            mean = np.asarray(mean, dtype=np.float64).astype(np.float32)
+            std = np.asarray(std, dtype=np.float64).astype(np.float32)
+            if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+                raise ValueError("mean or std out of range")  # std > 0 as a float32 too
+            source, key, center = data["source"], data["key"], data.get("center", True)
+            if not (isinstance(source, str) and isinstance(key, str) and isinstance(center, bool)):
+                raise TypeError("source, key or center")
             return cls(
-                emotions=list(data["emotions"]),
-                layer=int(data["layer"]),
-                mean=np.asarray(data["mean"], dtype=np.float32),
-                std=np.asarray(data["std"], dtype=np.float32),
-                source=str(data["source"]),
-                n_tokens=int(data["n_tokens"]),
-                key=str(data["key"]),
-                center=bool(data.get("center", True)),
+                emotions=list(emotions),
+                layer=layer,
+                mean=mean,
+                std=std,
+                source=source,
+                n_tokens=n_tokens,
+                key=key,
+                center=center,
             )
         except FileNotFoundError:
             raise MonitorError(f"baseline file not found: {path}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise MonitorError(
                 f"{path} is not an emovec baseline ({type(exc).__name__}); "
                 "write one with `emovec monitor --calibrate-out FILE` or Baseline.save"

@@ -150,13 +150,27 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        if not isinstance(data, dict):
+            raise StudyError(f"a scenario is a JSON object, not {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
             raise StudyError(f"unknown scenario fields: {', '.join(sorted(unknown))}")
         if "name" not in data or "grader" not in data or "items" not in data:
             raise StudyError("a scenario needs at least name, grader and items")
-        return cls(**data)
+        _check_scenario_fields(data)
+        scenario = cls(**data)
+        for item in scenario.items:  # every template fills from every item, here not mid-study
+            try:
+                scenario.turns(item)
+            except StudyError:
+                raise
+            except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
+                raise StudyError(
+                    f"scenario {scenario.name!r}: item {item.get('id')!r} does not fill its "
+                    f"templates ({type(exc).__name__}: {exc})"
+                ) from None
+        return scenario
 
     def turns(self, item: dict[str, Any]) -> list[dict[str, str]]:
         """The chat turns of one item, templates filled."""
@@ -172,6 +186,73 @@ class Scenario:
 
     def conditions(self) -> list[Condition]:
         return [Condition(**c) for c in self.default_conditions] or [Condition()]
+
+
+_TEXT_FIELDS = {
+    "name": False,
+    "grader": False,
+    "description": False,
+    "family": False,
+    "user": False,
+    "system": True,
+    "feedback": True,
+    "judge_prompt": True,
+}
+_CONDITION_TYPES = {
+    "emotion": (str, type(None)),
+    "strength": (int, float),
+    "layers": (list, type(None)),
+    "positions": (str,),
+}
+
+
+def _check_scenario_fields(data: dict[str, Any]) -> None:
+    """Refuse scenario fields of the wrong type (StudyError naming the field)."""
+    name = data["name"]
+
+    def bad(what: str) -> StudyError:
+        shown = repr(name) if isinstance(name, str) else "(unnamed)"
+        return StudyError(f"scenario {shown}: {what}")
+
+    for key, optional in _TEXT_FIELDS.items():
+        if key in data and not (isinstance(data[key], str) or (optional and data[key] is None)):
+            raise bad(f"{key!r} must be a string{' or null' if optional else ''}")
+    items = data["items"]
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise bad("'items' must be a list of objects")
+    for i, item in enumerate(items):
+        turns = item.get("turns", [])
+        if not isinstance(turns, list) or not all(
+            isinstance(t, dict)
+            and isinstance(t.get("role"), str)
+            and isinstance(t.get("content"), str)
+            for t in turns
+        ):
+            raise bad(f"item {i}: 'turns' must be a list of {{role, content}} strings")
+    tokens = data.get("max_new_tokens", 80)
+    if not (isinstance(tokens, int) and not isinstance(tokens, bool) and 0 < tokens <= 1_000_000):
+        raise bad("'max_new_tokens' must be a positive integer")
+    watch = data.get("watch", [])
+    if not isinstance(watch, list) or not all(isinstance(e, str) for e in watch):
+        raise bad("'watch' must be a list of emotion names")
+    if not isinstance(data.get("reference", {}), dict):
+        raise bad("'reference' must be an object")
+    conditions = data.get("default_conditions", [])
+    if not isinstance(conditions, list):
+        raise bad("'default_conditions' must be a list")
+    for c in conditions:
+        if not (
+            isinstance(c, dict)
+            and set(c) <= set(_CONDITION_TYPES)
+            and all(isinstance(v, _CONDITION_TYPES[k]) for k, v in c.items())
+            and not isinstance(c.get("strength"), bool)
+            and abs(c.get("strength", 0.0)) <= 1e6  # False for NaN, no overflow for big ints
+            and all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                for x in c.get("layers") or []
+            )
+        ):
+            raise bad(f"bad default condition {c!r:.80}")
 
 
 def _fill(template: str, item: dict[str, Any]) -> str:
@@ -199,7 +280,10 @@ def load_scenario(spec: str | Path) -> Scenario:
     """A bundled scenario by name, or a scenario .json file."""
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        text = path.read_text("utf-8")
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StudyError(f"cannot read scenario {spec}: {exc}") from None
     elif str(spec) in bundled_scenarios():
         text = (resources.files("emovec") / "data" / "studies" / f"{spec}.json").read_text("utf-8")
     else:
@@ -211,6 +295,10 @@ def load_scenario(spec: str | Path) -> Scenario:
         return Scenario.from_dict(json.loads(text))
     except json.JSONDecodeError as exc:
         raise StudyError(f"scenario {spec} is not valid JSON: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an integer of 5000 digits
+        if isinstance(exc, StudyError):
+            raise
+        raise StudyError(f"scenario {spec} cannot be read: {type(exc).__name__}") from None
 
 
 def render_chat(lm: LanguageModel, turns: Sequence[dict[str, str]]) -> str:

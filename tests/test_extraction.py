@@ -105,12 +105,21 @@ def test_extracted_vectors_carry_their_provenance(vectors, small_corpus, lm):
     assert vectors.corpus["hash"] == small_corpus.hash
     assert vectors.params["start_token"] == 50 and vectors.params["neutral_variance"] == 0.5
     assert len(vectors.residual_norm) == lm.n_layers and float(vectors.residual_norm.min()) > 0
-    # the default method (docs/fidelity.md): no denoising, whitened reading directions
-    assert vectors.params["denoise"] == "none" and vectors.params["reader"] == "whitened"
-    assert max(vectors.metrics["neutral_components"]) == 0
-    assert vectors.readers is not None and vectors.readers.shape == vectors.vectors.shape
+    assert vectors.params["denoise"] == "dialogues" and vectors.params["reader"] == "mean"
+    assert max(vectors.metrics["neutral_components"]) >= 1 and vectors.readers is None
     rel = vectors.metrics["reliability"]
     assert rel["split"] == "alternate" and len(rel["vector"]) == lm.n_layers
+
+
+def test_the_default_method_is_whitened_without_denoising(lm, small_corpus):
+    """The defaults chosen in docs/fidelity.md: no denoising, whitened reading directions."""
+    trio = Corpus(small_corpus.subset(["happy", "sad", "calm"]).stories, [], "trio")
+    vec = extract(lm, trio, layers=[5, 9], cache=False)
+    assert vec.params["denoise"] == "none" and vec.params["reader"] == "whitened"
+    assert vec.metrics["neutral_components"] == [0, 0]
+    assert vec.readers is not None and vec.readers.shape == vec.vectors.shape
+    torch.testing.assert_close(vec.readers.norm(dim=-1), torch.ones(2, 3))
+    assert not torch.allclose(vec.readers, vec.vectors)
 
 
 def test_the_studys_method_stays_available(lm, small_corpus):

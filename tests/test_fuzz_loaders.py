@@ -33,7 +33,9 @@ from safetensors.torch import save_file
 
 from emovec import catalog
 from emovec.corpus import CorpusError, load_corpus
-from emovec.monitor import MonitorError, TokenEvent, TraceWriter, read_trace
+from emovec.files import AppendLog, DamagedLogWarning, read_log
+from emovec.monitor import Baseline, MonitorError, TokenEvent, TraceWriter, read_trace
+from emovec.studies import Scenario, StudyError, load_rollouts, load_scenario
 from emovec.vectors import EmotionVectors, VectorFileError, _checksum
 
 EMOTIONS = ["happy", "sad", "angry", "afraid", "calm"]
@@ -947,3 +949,243 @@ def test_unreadable_corpus_files_are_one_clean_error(tmp_path):
     (folder / "manifest.json").write_text("[" * 100_000)
     with pytest.raises(CorpusError, match="cannot read"):
         load_corpus(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# Monitor baselines
+# ----------------------------------------------------------------------------------------------
+
+BASELINE = {
+    "format": "emovec.baseline/1",
+    "emotions": ["happy", "afraid", "calm"],
+    "layer": 3,
+    "mean": [0.1, -0.2, 0.0],
+    "std": [0.5, 1.5, 0.01],
+    "source": "fuzz (3 texts)",
+    "n_tokens": 120,
+    "key": "0" * 16,
+    "center": True,
+}
+
+
+def check_baseline(baseline: Baseline) -> None:
+    n = len(baseline.emotions)
+    assert n and all(isinstance(e, str) for e in baseline.emotions)
+    assert baseline.mean.shape == baseline.std.shape == (n,)
+    assert np.isfinite(baseline.mean).all() and (baseline.std > 0).all()
+    assert np.isfinite(baseline.std).all()
+    assert isinstance(baseline.layer, int) and isinstance(baseline.n_tokens, int)
+    assert isinstance(baseline.center, bool) and isinstance(baseline.key, str)
+    baseline.select(baseline.emotions[:1])
+    json.dumps(baseline.to_dict(), allow_nan=False)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_baseline(scratch, data):
+    path = scratch / "baseline.json"
+    if data.draw(st.booleans()):
+        text = data.draw(record_edit(BASELINE))
+        raw = text.encode("utf-8", "surrogatepass")
+    elif data.draw(st.booleans()):
+        raw = mutate_bytes(json.dumps(BASELINE, indent=1).encode(), data.draw)
+    else:
+        raw = data.draw(st.one_of(BAD_LINES, HOSTILE.map(json.dumps))).encode(
+            "utf-8", "surrogatepass"
+        )
+    path.write_bytes(raw)
+    baseline = attempt("baseline", MonitorError, Baseline.load, path)
+    if baseline is not None:
+        check_baseline(baseline)
+
+
+def test_baseline_round_trip_and_hostile_fields(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(BASELINE))
+    check_baseline(Baseline.load(path))
+    for edit in [
+        {"mean": [0.1, 0.2]},
+        {"std": [0.5, 0.0, 1.0]},
+        {"std": [0.5, 1e-300, 1.0]},
+        {"layer": 1e999},
+        {"emotions": 5},
+        {"mean": [[1], [2], [3]]},
+        {"center": "no"},
+    ]:
+        path.write_text(json.dumps({**BASELINE, **edit}))
+        with pytest.raises(MonitorError, match="not an emovec baseline"):
+            Baseline.load(path)
+    path.write_text("[" * 100_000)
+    with pytest.raises(MonitorError, match="not an emovec baseline"):
+        Baseline.load(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Study logs (AppendLog, read_log, load_rollouts)
+# ----------------------------------------------------------------------------------------------
+
+ROLLOUTS = [
+    {"condition": "unsteered", "index": 0, "flag": False, "reply": "No."},
+    {"condition": "happy +0.1", "index": 0, "flag": True, "reply": "Sure \u2028 yes 😀"},
+    {"condition": "happy +0.1", "index": 1, "flag": None, "scores": {"calm": 0.25}},
+]
+
+
+def _good_records(raw: bytes) -> list[dict]:
+    """Complete lines that are JSON objects with both rollout keys: what no reader may drop."""
+    good = []
+    for line in raw.split(b"\n")[:-1]:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and "condition" in record and "index" in record:
+            good.append(record)
+    return good
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_study_logs(scratch, data):
+    import warnings
+
+    lines = [json.dumps(r, ensure_ascii=False) for r in ROLLOUTS]
+    action = data.draw(st.sampled_from(["bytes", "edit", "replace", "insert"]))
+    if action == "bytes":
+        raw = mutate_bytes(("\n".join(lines) + "\n").encode(), data.draw)
+    else:
+        at = data.draw(st.integers(0, len(lines) - 1))
+        if action == "edit":
+            lines[at] = data.draw(record_edit(ROLLOUTS[at]))
+        else:
+            bad = data.draw(st.one_of(BAD_LINES, HOSTILE.map(json.dumps))).replace("\n", " ")
+            if action == "replace":
+                lines[at] = bad
+            else:
+                lines.insert(at, bad)
+        raw = ("\n".join(lines) + ("\n" if data.draw(st.booleans()) else "")).encode(
+            "utf-8", "surrogatepass"
+        )
+    good = _good_records(raw)
+    path = scratch / "rollouts.jsonl"
+    path.write_bytes(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedLogWarning)
+        records = attempt("study_log", StudyError, load_rollouts, path)
+        assert records is not None and _same(records, good)
+        assert path.read_bytes() == raw  # read without repair: unchanged
+        logged = attempt("study_log", StudyError, load_rollouts, path, True)
+        assert logged is not None and _same(logged, good)
+        complete = raw.rfind(b"\n") + 1
+        assert path.read_bytes() == raw[:complete]  # only a torn last line is cut
+        log = AppendLog(path, required=("condition", "index"))
+        log.append({"condition": "calm +0.1", "index": 2})
+        again = read_log(path, required=("condition", "index"), warn=False)
+    assert _same(again, [*good, {"condition": "calm +0.1", "index": 2}])
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenario files
+# ----------------------------------------------------------------------------------------------
+
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "src" / "emovec" / "data" / "studies"
+SCENARIO_FILES = sorted(SCENARIO_DIR.glob("*.json"))
+SCENARIO_KEYS = [
+    "name",
+    "grader",
+    "items",
+    "description",
+    "family",
+    "system",
+    "user",
+    "feedback",
+    "max_new_tokens",
+    "watch",
+    "default_conditions",
+    "reference",
+    "judge_prompt",
+    "extra",
+]
+
+
+def check_scenario(scenario: Scenario) -> None:
+    assert isinstance(scenario.name, str) and scenario.items
+    for item in scenario.items:
+        for turn in scenario.turns(item):
+            assert isinstance(turn["role"], str) and isinstance(turn["content"], str)
+    for condition in scenario.conditions():
+        assert isinstance(condition.name, str)
+    assert isinstance(scenario.max_new_tokens, int) and scenario.max_new_tokens > 0
+    assert all(isinstance(e, str) for e in scenario.watch)
+
+
+@st.composite
+def scenario_edit(draw, scenario: dict[str, Any]) -> str:
+    scenario = json.loads(json.dumps(scenario))
+    key = draw(st.sampled_from(SCENARIO_KEYS))
+    choice = draw(st.sampled_from(["hostile", "delete", "inner", "inner"]))
+    value = scenario.get(key)
+    if choice == "delete":
+        scenario.pop(key, None)
+    elif choice == "inner" and isinstance(value, list) and value:
+        at = draw(st.integers(0, len(value) - 1))
+        if isinstance(value[at], dict) and value[at] and draw(st.booleans()):
+            value[at][draw(st.sampled_from(sorted(value[at])))] = draw(HOSTILE)
+        else:
+            value[at] = draw(HOSTILE)
+    elif choice == "inner" and isinstance(value, dict) and value:
+        value[draw(st.sampled_from(sorted(value)))] = draw(HOSTILE)
+    elif choice == "inner" and isinstance(value, str):
+        at = draw(st.integers(0, len(value)))
+        value = (
+            value[:at] + draw(st.sampled_from(["{", "}", "{nope}", "{0}", "{id!z}"])) + value[at:]
+        )
+        scenario[key] = value
+    else:
+        scenario[key] = draw(HOSTILE)
+    return json.dumps(scenario, ensure_ascii=draw(st.booleans()))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_scenario_files(scratch, data):
+    source = data.draw(st.sampled_from(SCENARIO_FILES))
+    path = scratch / "scenario.json"
+    if data.draw(st.booleans()):
+        raw = data.draw(scenario_edit(json.loads(source.read_text("utf-8"))))
+        path.write_bytes(raw.encode("utf-8", "surrogatepass"))
+    elif data.draw(st.booleans()):
+        path.write_bytes(mutate_bytes(source.read_bytes(), data.draw))
+    else:
+        raw = data.draw(st.one_of(BAD_LINES, HOSTILE.map(json.dumps)))
+        path.write_bytes(raw.encode("utf-8", "surrogatepass"))
+    scenario = attempt("scenario", StudyError, load_scenario, path)
+    if scenario is not None:
+        check_scenario(scenario)
+
+
+def test_bundled_scenarios_load_and_bad_ones_are_one_clean_error(tmp_path):
+    for source in SCENARIO_FILES:
+        check_scenario(load_scenario(source))
+    base = json.loads(SCENARIO_FILES[0].read_text("utf-8"))
+    path = tmp_path / "bad.json"
+    for edit in [
+        {"items": 5},
+        {"items": [1, 2]},
+        {"grader": ["x"]},
+        {"max_new_tokens": "80"},
+        {"default_conditions": [{"emotion": "happy", "strength": 10**400}]},
+        {"user": "{nope}"},
+        {"user": "{"},
+    ]:
+        path.write_text(json.dumps({**base, **edit}))
+        with pytest.raises(StudyError):
+            load_scenario(path)
+    for raw in [b"[" * 100_000, b"9" * 5000, b"[1, 2]", b'{"name": "\xff"}']:
+        path.write_bytes(raw)
+        with pytest.raises(StudyError):
+            load_scenario(path)

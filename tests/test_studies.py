@@ -295,3 +295,15 @@ def test_multi_turn_and_tool_turns_render_in_the_chat_format(lm):
     assert text.endswith("you are replaced at 5pm." + reply_header)
     with pytest.raises(StudyError, match="unknown chat role"):
         render_chat(lm, [{"role": "robot", "content": "hi"}])
+
+
+def test_a_failed_judge_never_stores_credentials():
+    from emovec.studies import Judge, load_scenario
+
+    scenario = load_scenario("sycophancy")
+    secret_url = "http://user:s3cret@127.0.0.1:9/v1?key=abc"
+    judge = Judge(secret_url, "m", api_key="sk-hidden", timeout=0.5)
+    verdict = judge(scenario, scenario.items[0], "a reply")
+    assert verdict["label"] == "judge_error"
+    text = repr(verdict)
+    assert "s3cret" not in text and "key=abc" not in text and "sk-hidden" not in text

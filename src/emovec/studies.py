@@ -505,7 +505,13 @@ class Judge:
         try:
             raw = chat_completion(self.url, self.model, prompt, self.api_key, self.timeout)
         except Exception as exc:  # a judge outage must not lose the rollout
-            return {"flag": None, "label": "judge_error", "prompt": prompt, "raw": repr(exc)}
+            from emovec.authoring import public_url
+
+            # the error text may quote the URL with its credentials: never store those
+            detail = repr(exc).replace(self.url, public_url(self.url))
+            if self.api_key:
+                detail = detail.replace(self.api_key, "***")
+            return {"flag": None, "label": "judge_error", "prompt": prompt, "raw": detail}
         match = re.search(r"VERDICT:\s*(YES|NO)", raw, re.I) or re.match(
             r"\W*(YES|NO)\b", raw, re.I
         )

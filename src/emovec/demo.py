@@ -197,8 +197,8 @@ def bundled_vectors(lm, corpus) -> EmotionVectors | None:
     when they fit this model, this corpus and the main job's method; else None.
 
     They are what ``extract`` builds with the main job's settings (``emovec extract --corpus
-    curated --holdout-every 4`` gives the same file), shipped so the first run skips the
-    20-minute extraction on a laptop CPU."""
+    curated --holdout-every 4`` gives the same vectors within float rounding), shipped so the
+    first run skips the 20-minute extraction on a laptop CPU."""
     from importlib import resources
 
     entry = resources.files("emovec.data").joinpath("prebuilt").joinpath(f"{lm.name}.safetensors")
@@ -231,7 +231,7 @@ def build_or_reuse(lm, path: Path, rebuild: bool, console: Console) -> EmotionVe
     if not rebuild and (shipped := bundled_vectors(lm, corpus)) is not None:
         console.print(
             f"using the bundled vectors of {lm.name} (corpus {corpus.source}, the main job's "
-            "method; `emovec run --rebuild` builds them again, with the same result)"
+            "method; `emovec run --rebuild` builds them again)"
         )
         shipped.save(path)
         return shipped

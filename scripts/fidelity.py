@@ -25,13 +25,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from emovec.corpus import load_corpus
-from emovec.experiments.scorecard import CHECKS, heldout_messages, layer_checks
+from emovec.experiments.scorecard import (
+    CHECKS,
+    classify_messages,
+    heldout_messages,
+    layer_checks,
+    message_residuals,
+)
 from emovec.extraction import DENOISE, READERS, extract
 from emovec.models import load_model
-from emovec.reading import POOLS, pooled_positions, residuals
+from emovec.reading import POOLS
 
 
 def parse_layers(text: str | None, n: int) -> list[int] | None:
@@ -41,37 +46,6 @@ def parse_layers(text: str | None, n: int) -> list[int] | None:
         lo, hi = (int(x) for x in text.split("-"))
         return list(range(lo, min(hi, n - 1) + 1))
     return [int(x) for x in text.split(",")]
-
-
-def message_residuals(lm, layers):
-    """Per message: its residuals [tokens, layers, d] (the model runs once per message)."""
-    out = []
-    for m in heldout_messages():
-        captured = residuals(lm, lm.encode(m["text"]), layers)
-        out.append(torch.stack([captured[layer] for layer in layers], dim=1))
-    return out
-
-
-def other_style(vectors, layers, cached, start: int) -> dict[str, dict[str, list[float]]]:
-    """Top-1/top-5 of the other-style messages per pooling and layer, from cached residuals."""
-    messages = heldout_messages()
-    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
-    labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
-    out: dict[str, dict[str, list[float]]] = {p: {"top1": [], "top5": []} for p in POOLS}
-    for li, layer in enumerate(layers):
-        row = vectors.layer_index(layer)
-        directions = vectors.reading_directions(layer)
-        summaries = {p: [] for p in POOLS}
-        for i in keep:
-            x = cached[i][:, li] - vectors.mean_activation[row]
-            s = (torch.nn.functional.normalize(x, dim=-1) @ directions.T).numpy()
-            for p in POOLS:
-                summaries[p].append(s[pooled_positions(len(s), start, p)].mean(axis=0))
-        for p in POOLS:
-            ranks = np.argsort(-np.stack(summaries[p]), axis=1)
-            out[p]["top1"].append(float((ranks[:, 0] == labels).mean()))
-            out[p]["top5"].append(float((ranks[:, :5] == labels[:, None]).any(axis=1).mean()))
-    return out
 
 
 def main() -> None:
@@ -104,8 +78,8 @@ def main() -> None:
         print(f"{denoise}/{reader}: built in {time.time() - t:.0f} s", flush=True)
     extract_seconds = time.time() - started
     layers = built[variants[0]].layers
-    start = int(built[variants[0]].params["start_token"])
-    cached = message_residuals(lm, layers)
+    messages = heldout_messages()
+    cached = message_residuals(lm, layers, messages)
 
     report: dict = {
         "model": args.model,
@@ -117,7 +91,7 @@ def main() -> None:
     best = None
     for key, vec in built.items():
         name = "/".join(key)
-        other = other_style(vec, layers, cached, start)
+        other = classify_messages(vec, layers, cached, messages)
         rel = vec.metrics["reliability"]
         held = vec.metrics["heldout"]
         i = layers.index(vec.default_layer)

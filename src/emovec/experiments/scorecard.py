@@ -27,7 +27,7 @@ from emovec.experiments import geometry, implicit, sweeps
 from emovec.experiments.common import ExperimentError, check_compatible, pick_emotions
 from emovec.experiments.result import Result, pyplot
 from emovec.models import LanguageModel
-from emovec.reading import POOLS, pooled_positions, residuals
+from emovec.reading import POOLS, cosine_scores, pooled_positions, residuals
 from emovec.vectors import EmotionVectors
 
 
@@ -78,34 +78,45 @@ def heldout_messages() -> list[dict[str, str]]:
     return [json.loads(line) for line in text.read_text("utf-8").splitlines() if line.strip()]
 
 
-def other_style_accuracy(
-    lm: LanguageModel,
+def message_residuals(
+    lm: LanguageModel, layers: Sequence[int], messages: Sequence[dict[str, str]]
+) -> list[torch.Tensor]:
+    """Each message's residual stream [tokens, layers, d_model] (one forward pass each), so
+    that several vector files or methods can be scored on the same messages."""
+    out = []
+    for m in messages:
+        captured = residuals(lm, lm.encode(m["text"]), list(layers))
+        out.append(torch.stack([captured[layer] for layer in layers], dim=1))
+    return out
+
+
+def classify_messages(
     vectors: EmotionVectors,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int],
+    cached: Sequence[torch.Tensor],
+    messages: Sequence[dict[str, str]],
     pools: Sequence[str] = tuple(POOLS),
-    messages: Sequence[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Top-1/top-5 of classifying other-style messages by ``read``'s summary, per pool and
-    layer (messages of emotions the file lacks are left out)."""
-    layers = list(vectors.layers) if layers is None else list(layers)
-    messages = [m for m in (messages or heldout_messages()) if m["emotion"] in vectors.emotions]
-    if not messages:
+    """Top-1/top-5 of classifying messages by ``read``'s summary, per pool and layer, from
+    their residuals (:func:`message_residuals`; messages of emotions the file lacks are left
+    out)."""
+    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
+    if not keep:
         raise ExperimentError("no held-out message is about an emotion of this vector file")
     start = int(vectors.params.get("start_token", 50))
-    labels = np.array([vectors.emotions.index(m["emotion"]) for m in messages])
-    summaries = {p: np.empty((len(messages), len(layers), len(vectors.emotions))) for p in pools}
-    for i, m in enumerate(messages):
-        captured = residuals(lm, lm.encode(m["text"]), layers)
-        for li, layer in enumerate(layers):
-            row = vectors.layer_index(layer)
-            x = captured[layer] - vectors.mean_activation[row]
-            scores = torch.nn.functional.normalize(x, dim=-1) @ vectors.reading_directions(layer).T
-            s = scores.numpy()
+    labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
+    summaries = {p: np.empty((len(keep), len(layers), len(vectors.emotions))) for p in pools}
+    for li, layer in enumerate(layers):
+        row = vectors.layer_index(layer)
+        directions = vectors.reading_directions(layer)
+        for k, i in enumerate(keep):
+            hidden = cached[i][:, li] - vectors.mean_activation[row]
+            s = cosine_scores(hidden, directions).numpy()
             for p in pools:
-                summaries[p][i, li] = s[pooled_positions(len(s), start, p)].mean(axis=0)
+                summaries[p][k, li] = s[pooled_positions(len(s), start, p)].mean(axis=0)
     out: dict[str, Any] = {
-        "layers": layers,
-        "n": len(messages),
+        "layers": list(layers),
+        "n": len(keep),
         "chance_top1": 1 / len(vectors.emotions),
     }
     for p in pools:
@@ -119,6 +130,23 @@ def other_style_accuracy(
             .tolist(),
         }
     return out
+
+
+def other_style_accuracy(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    layers: Sequence[int] | None = None,
+    pools: Sequence[str] = tuple(POOLS),
+    messages: Sequence[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 of classifying other-style messages by ``read``'s summary, per pool and
+    layer (messages of emotions the file lacks are left out, and never run)."""
+    layers = list(vectors.layers) if layers is None else list(layers)
+    messages = [m for m in (messages or heldout_messages()) if m["emotion"] in vectors.emotions]
+    if not messages:
+        raise ExperimentError("no held-out message is about an emotion of this vector file")
+    cached = message_residuals(lm, layers, messages)
+    return classify_messages(vectors, layers, cached, messages, pools)
 
 
 def layer_checks(

@@ -121,6 +121,21 @@ def diagonal_strength(matrix: np.ndarray) -> dict[str, float]:
     }
 
 
+def strength_by_layer(
+    vectors: EmotionVectors, targets: Sequence[str], scores: np.ndarray
+) -> list[dict[str, float]]:
+    """:func:`diagonal_strength` of the scenario x emotion square (scenarios of one emotion
+    averaged) at each layer of ``scores`` [scenarios, layers, all emotions]."""
+    columns = list(dict.fromkeys(targets))
+    idx = [vectors.emotions.index(e) for e in columns]
+    rows = [[i for i, t in enumerate(targets) if t == c] for c in columns]
+    out = []
+    for li in range(scores.shape[1]):
+        m = scores[:, li][:, idx]
+        out.append(diagonal_strength(np.stack([m[r].mean(0) for r in rows])))
+    return out
+
+
 def scenario_scores(
     lm: LanguageModel,
     vectors: EmotionVectors,

@@ -42,26 +42,18 @@ def layer_metrics(
     out: dict[str, list[float]] = {k: [] for k in LABELS}
     held = vectors.metrics.get("heldout")
     per_template = sweeps.sweep_scores(lm, vectors, templates, layers)
+    agreements = sweeps.agreement_by_layer(templates, per_template, vectors.emotions)
     targets, scen = implicit.scenario_scores(lm, vectors, scenarios, layers)
-    columns = list(dict.fromkeys(targets))
-    idx = [vectors.emotions.index(e) for e in columns]
+    strengths = implicit.strength_by_layer(vectors, targets, scen)
     for li, layer in enumerate(layers):
         if held and layer in held["layers"]:
             out["heldout_top1"].append(held["top1"][held["layers"].index(layer)])
         else:
             out["heldout_top1"].append(float("nan"))
-        rhos = [
-            sweeps.spearman(t.values, s[:, li])
-            for t, s in zip(templates, per_template, strict=True)
-        ]
-        share, signed = sweeps.agreement(templates, rhos, vectors.emotions)
+        share, signed = agreements[li]
         out["sweep_agreement"].append(share)
         out["sweep_signed_rho"].append(signed)
-        m = scen[:, li][:, idx]
-        square = np.stack(
-            [m[[i for i, t in enumerate(targets) if t == c]].mean(0) for c in columns]
-        )
-        strength = implicit.diagonal_strength(square)
+        strength = strengths[li]
         out["implicit_top1"].append(strength["top1"])
         out["implicit_margin"].append(strength["diagonal_minus_off"])
         geo = geometry.geometry_metrics(vectors, layer, n_init=3)

@@ -164,9 +164,9 @@ def layer_checks(
     )
     pick_emotions(vectors, [e for e, _ in implicit.SCENARIOS], "the scorecard's implicit scenarios")
     per_template = sweeps.sweep_scores(lm, vectors, templates, layers)
+    agreements = sweeps.agreement_by_layer(templates, per_template, vectors.emotions)
     targets, scen = implicit.scenario_scores(lm, vectors, implicit.SCENARIOS, layers)
-    columns = list(dict.fromkeys(targets))
-    idx = [vectors.emotions.index(e) for e in columns]
+    strengths = implicit.strength_by_layer(vectors, targets, scen)
     if other is None:
         other = other_style_accuracy(lm, vectors, layers, pools=(pool,))[pool]
     rel = vectors.metrics.get("reliability") or {}
@@ -184,16 +184,8 @@ def layer_checks(
         out["pc2_arousal"].append(lex.get("pc2_arousal", float("nan")))
         out["supervised_valence"].append((geo.get("supervised_valence") or {}).get("r", np.nan))
         out["family_ari"].append(geo["kmeans"]["ari"])
-        rhos = [
-            sweeps.spearman(t.values, s[:, li])
-            for t, s in zip(templates, per_template, strict=True)
-        ]
-        out["sweeps"].append(sweeps.agreement(templates, rhos, vectors.emotions)[0])
-        m = scen[:, li][:, idx]
-        square = np.stack(
-            [m[[i for i, t in enumerate(targets) if t == c]].mean(0) for c in columns]
-        )
-        out["implicit"].append(implicit.diagonal_strength(square)["top1"])
+        out["sweeps"].append(agreements[li][0])
+        out["implicit"].append(strengths[li]["top1"])
         out["heldout_top1"].append(_at(held, "top1", layer))
         out["heldout_top5"].append(_at(held, "top5", layer))
         out["other_top1"].append(other["top1"][li])

@@ -184,6 +184,21 @@ def agreement(
     return (float(np.mean(signs)), float(np.mean(signed))) if signs else (float("nan"),) * 2
 
 
+def agreement_by_layer(
+    templates: Sequence[SweepTemplate], per_template: Sequence[np.ndarray], emotions: list[str]
+) -> list[tuple[float, float]]:
+    """:func:`agreement` at each layer of :func:`sweep_scores`' output."""
+    n_layers = per_template[0].shape[1] if per_template else 0
+    return [
+        agreement(
+            templates,
+            [spearman(t.values, s[:, li]) for t, s in zip(templates, per_template, strict=True)],
+            emotions,
+        )
+        for li in range(n_layers)
+    ]
+
+
 def run_sweeps(
     lm: LanguageModel,
     vectors: EmotionVectors,

@@ -207,3 +207,22 @@ def test_python_extract_uses_the_activation_cache_by_default(
     assert again.metrics["cached_texts"] == 4
     off = extract(lm, pair, layers=[2], neutral_variance=0.0, cache=False)
     assert off.metrics["cached_texts"] == 0
+
+
+def test_the_default_models_prebuilt_vectors_fit_the_main_job(lm, monkeypatch, tmp_path):
+    from rich.console import Console
+
+    from emovec import demo
+    from emovec.corpus import load_corpus
+
+    corpus = load_corpus("curated")
+    shipped = demo.bundled_vectors(lm, corpus)
+    assert shipped is not None and shipped.corpus["hash"] == corpus.hash
+    assert shipped.params["holdout_every"] == demo.MAIN_HOLDOUT and "reliability" in shipped.metrics
+    path = tmp_path / "vectors.safetensors"
+    used = demo.build_or_reuse(lm, path, rebuild=False, console=Console(file=None, quiet=True))
+    torch.testing.assert_close(used.vectors, shipped.vectors, rtol=0, atol=0)
+    assert path.is_file()
+    # another method than the main job's: the shipped file no longer fits
+    monkeypatch.setattr(demo, "MAIN_HOLDOUT", 3)
+    assert demo.bundled_vectors(lm, corpus) is None

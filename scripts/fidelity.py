@@ -9,10 +9,13 @@
    held-out top-1/top-5 on same-style stories (every 4th story of each emotion held out), and
    top-1/top-5 on the other-style messages for every pooling choice.
 3. The default is the variant, layer and pooling with the best mean of reliability, held-out
-   top-5 and other-style top-5, at the layer each variant's own held-out top-1 picks. Human
-   valence/arousal ratings play no part in that choice.
+   top-5 and other-style top-5, at the layer each variant's own held-out top-1 picks. The
+   geometry (plain PCA or split-half cross-covariance PCA) is the one whose first two axes
+   replicate better between two halves of the stories at that layer. Human valence/arousal
+   ratings play no part in either choice.
 4. Only then: the scorecard (PCs against valence/arousal, supervised valence, families,
-   sweeps, implicit scenarios) for every variant at its layer, for the record.
+   sweeps, implicit scenarios) for every variant at its layer, for the record, with the
+   geometry checks under both geometries.
 
 Writes one JSON with everything and prints markdown tables (docs/fidelity.md quotes them).
 """
@@ -20,6 +23,7 @@ Writes one JSON with everything and prints markdown tables (docs/fidelity.md quo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from emovec.corpus import load_corpus
+from emovec.experiments.geometry import geometry_metrics
 from emovec.experiments.scorecard import (
     CHECKS,
     classify_messages,
@@ -48,6 +53,18 @@ def parse_layers(text: str | None, n: int) -> list[int] | None:
     return [int(x) for x in text.split(",")]
 
 
+def geometry_checks(vec, layer: int) -> dict[str, float | None]:
+    """The geometry lines of the scorecard for vectors that carry split-half axes."""
+    lex = geometry_metrics(vec, layer, n_init=3)["lexicon"] or {}
+    values = {
+        "pc1_valence": lex.get("pc1_valence"),
+        "valence_top2": max(abs(lex.get("pc1_valence", 0)), abs(lex.get("pc2_valence", 0))),
+        "valence_top3": (lex.get("best_valence_top3") or {}).get("abs_r"),
+        "pc2_arousal": lex.get("pc2_arousal"),
+    }
+    return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -55,6 +72,12 @@ def main() -> None:
     parser.add_argument("--layers", default=None, help="e.g. 10-24 (default: all)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-scorecard", action="store_true")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated denoise/reader pairs, e.g. none/whitened,dialogues/mean "
+        "(default: all)",
+    )
     args = parser.parse_args()
 
     started = time.time()
@@ -62,6 +85,8 @@ def main() -> None:
     corpus = load_corpus(args.corpus)
     layers = parse_layers(args.layers, lm.n_layers)
     variants = [(d, r) for d in DENOISE for r in READERS]
+    if args.variants:
+        variants = [tuple(v.split("/")) for v in args.variants.split(",")]  # type: ignore[misc]
     built = {}
     for denoise, reader in variants:
         t = time.time()
@@ -72,6 +97,7 @@ def main() -> None:
             holdout_every=4,
             denoise=denoise,
             reader=reader,
+            geometry="split-half",
             cache=True,
             progress=True,
         )
@@ -97,9 +123,15 @@ def main() -> None:
         i = layers.index(vec.default_layer)
         pool = max(POOLS, key=lambda p: other[p]["top5"][i])
         criterion = float(np.mean([rel["vector"][i], held["top5"][i], other[pool]["top5"][i]]))
+        replication = {
+            g: round(float(np.mean(reps[i])), 4)
+            for g, reps in vec.metrics["geometry"]["replication"].items()
+        }
         report["variants"][name] = {
             "layer": vec.default_layer,
             "criterion": round(criterion, 4),
+            "geometry_replication": replication,
+            "geometry": max(replication, key=replication.__getitem__),
             "pool": pool,
             "reliability": rel,
             "heldout": {k: held[k] for k in ("top1", "top5")},
@@ -108,14 +140,20 @@ def main() -> None:
         print(
             f"{name:28s} layer {vec.default_layer:2d}  reliability {rel['vector'][i]:.3f}  "
             f"held-out top-1 {held['top1'][i]:.3f} top-5 {held['top5'][i]:.3f}  other-style "
-            f"top-5 {other[pool]['top5'][i]:.3f} ({pool})  criterion {criterion:.3f}",
+            f"top-5 {other[pool]['top5'][i]:.3f} ({pool})  criterion {criterion:.3f}  "
+            f"axes 1-2 replicate: pca {replication['pca']:.3f}, split-half "
+            f"{replication['split-half']:.3f}",
             flush=True,
         )
         if best is None or criterion > best[0]:
             best = (criterion, name)
     assert best is not None
     report["chosen"] = best[1]
-    print(f"chosen by label-free criteria: {best[1]}", flush=True)
+    report["chosen_geometry"] = report["variants"][best[1]]["geometry"]
+    print(
+        f"chosen by label-free criteria: {best[1]}, geometry {report['chosen_geometry']}",
+        flush=True,
+    )
 
     if not args.no_scorecard:
         for key, vec in built.items():
@@ -123,21 +161,28 @@ def main() -> None:
             v = report["variants"][name]
             i = layers.index(vec.default_layer)
             mine = {k: [v["other_style"][v["pool"]][k][i]] for k in ("top1", "top5")}
-            checks = layer_checks(lm, vec, [vec.default_layer], v["pool"], other=mine)
+            plain = dataclasses.replace(vec, geometry_scores=None)
+            checks = layer_checks(lm, plain, [vec.default_layer], v["pool"], other=mine)
             report["variants"][name]["scorecard"] = {
                 c.key: None if not np.isfinite(checks[c.key][0]) else round(checks[c.key][0], 4)
                 for c in CHECKS
             }
+            report["variants"][name]["split_half_geometry"] = geometry_checks(
+                vec, vec.default_layer
+            )
             card = report["variants"][name]["scorecard"]
             print(
                 f"{name:28s} PC1-valence {card['pc1_valence']}  top-2 {card['valence_top2']}  "
                 f"top-3 {card['valence_top3']}  supervised {card['supervised_valence']}  "
                 f"PC2-arousal {card['pc2_arousal']}  ARI {card['family_ari']}  sweeps "
-                f"{card['sweeps']}  implicit {card['implicit']}",
+                f"{card['sweeps']}  implicit {card['implicit']}  | split-half geometry: "
+                f"{report['variants'][name]['split_half_geometry']}",
                 flush=True,
             )
         # every layer of the chosen variant
         chosen = built[tuple(best[1].split("/"))]  # type: ignore[arg-type]
+        if report["chosen_geometry"] == "pca":
+            chosen = dataclasses.replace(chosen, geometry_scores=None)
         pool = report["variants"][best[1]]["pool"]
         per_layer = layer_checks(
             lm, chosen, layers, pool, other=report["variants"][best[1]]["other_style"][pool]

@@ -14,9 +14,13 @@ import torch
 
 from emovec.extraction import (
     DENOISE,
+    GEOMETRY,
     READERS,
     ExtractionSettings,
+    axis_replication,
     build_directions,
+    cross_covariance_axes,
+    half_directions,
     neutral_components,
     spearman_brown,
     split_half_reliability,
@@ -126,7 +130,11 @@ def test_spearman_brown_and_split_half_by_hand():
     half_b = torch.tensor([[[2.0, 1.0], [0.0, 2.0], [-2.0, -3.0]]], dtype=torch.float64)
     half_sums = torch.stack([half_a, half_b])
     half_counts = torch.ones(2, 3, dtype=torch.float64)
-    rel = split_half_reliability(half_sums, half_counts, [torch.zeros(2, 0, dtype=torch.float64)])
+    a_dirs, b_dirs, both = half_directions(
+        half_sums, half_counts, [torch.zeros(2, 0, dtype=torch.float64)]
+    )
+    assert bool(both.all())
+    rel = split_half_reliability(a_dirs, b_dirs)
 
     # centred halves: a = [2,0],[0,2],[-2,-2] (mean 0); b = [2,1],[0,2],[-2,-3] (mean 0)
     def unit(v):
@@ -172,3 +180,72 @@ def test_unknown_method_names_are_refused_with_the_choices(field, value, choices
     assert all(choice in str(info.value) for choice in choices)
     with pytest.raises(ValueError, match="shrinkage"):
         ExtractionSettings(shrinkage=0.0).check()
+
+
+def planted_halves(seed: int, emotions: int = 120, d: int = 24):
+    """Two halves' class means: valence along one axis (shared by both halves) plus sampling
+    noise in three nuisance dimensions, drawn independently for each half, with about three
+    times valence's variance."""
+    rng = np.random.default_rng(seed)
+    axes, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    valence = rng.uniform(-1, 1, emotions)
+    identity = 0.2 * rng.normal(size=(emotions, d - 4)) @ axes[:, 4:].T
+    halves = [
+        valence[:, None] * axes[:, 0] + identity + rng.normal(size=(emotions, 3)) @ axes[:, 1:4].T
+        for _ in range(2)
+    ]
+    half_sums = torch.tensor(np.stack(halves))[:, None]  # [2, L=1, E, d], one story per half
+    return half_sums, torch.ones(2, emotions, dtype=torch.float64), valence
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_half_geometry_finds_the_planted_valence_that_pca_misses(seed):
+    half_sums, half_counts, valence = planted_halves(seed)
+    a, b, _ = half_directions(half_sums, half_counts, [torch.zeros(24, 0, dtype=torch.float64)])
+    pooled = ((a[0] + b[0]) / 2).numpy()
+    centred = pooled - pooled.mean(0)
+    pca_axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    assert abs(np.corrcoef(centred @ pca_axis, valence)[0, 1]) < 0.5  # PCA: a nuisance axis
+    scores, ratios, axes = cross_covariance_axes(a[0], b[0], k=5)
+    assert scores.shape == (120, 5) and ratios.shape == (5,) and axes.shape == (24, 5)
+    assert bool((ratios[:-1] >= ratios[1:]).all()) and float(ratios.sum()) <= 1 + 1e-9
+    assert abs(np.corrcoef(scores[:, 0].numpy(), valence)[0, 1]) > 0.9
+    # The label-free criterion sees it too: the cross-covariance axis replicates across
+    # halves, the noise axis PCA found does not.
+    split = axis_replication(a[0], b[0], axes[:, :1])[0]
+    plain = axis_replication(a[0], b[0], torch.tensor(pca_axis)[:, None])[0]
+    assert split > 0.9 and plain < split - 0.3
+
+
+def test_split_half_geometry_is_stored_and_used(lm, small_corpus, tmp_path):
+    from emovec.experiments.geometry import geometry_metrics
+    from emovec.extraction import extract
+    from emovec.vectors import EmotionVectors
+
+    cache = tmp_path / "cache"
+    built = extract(lm, small_corpus, layers=[3, 5], cache=cache)  # split-half: the default
+    assert built.geometry_scores is not None
+    assert built.geometry_scores.shape[:2] == (2, len(built.emotions))
+    assert built.metrics["geometry"]["layers"] == [3, 5]
+    loaded = EmotionVectors.load(built.save(tmp_path / "v.safetensors"))
+    assert torch.equal(loaded.geometry_scores, built.geometry_scores)
+    m = geometry_metrics(loaded, 5)
+    assert m["method"] == "split-half"
+    np.testing.assert_allclose(
+        np.abs(m["scores"][:, 0]), np.abs(loaded.geometry_scores[1, :, 0].numpy()), rtol=1e-5
+    )
+    plain = extract(lm, small_corpus, layers=[3, 5], cache=cache, geometry="pca")
+    assert plain.geometry_scores is None and geometry_metrics(plain, 5)["method"] == "pca"
+    assert plain.metrics["geometry"]["replication"]["pca"]  # both recorded, whichever is used
+    # One story per emotion: no halves to compare, so the default falls back to PCA, saying so.
+    one_each = small_corpus.subset(small_corpus.emotions[:4])
+    one_each.stories = [one_each.stories_of(e)[0] for e in one_each.emotions]
+    fallback = extract(lm, one_each, layers=[5], cache=cache)
+    assert fallback.params["geometry"] == "pca" and fallback.geometry_scores is None
+    assert "split-half" in fallback.metrics["geometry_fallback"]
+
+
+def test_unknown_geometry_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown geometry method 'ica'.*split-half"):
+        ExtractionSettings(geometry="ica").check()
+    assert set(GEOMETRY) == {"pca", "split-half"}

@@ -74,6 +74,11 @@ class ExtractionSettings:
     reader: str = "whitened"
     #: shrinkage of the within-emotion covariance towards a multiple of the identity (whitened)
     shrinkage: float = 0.3
+    #: principal axes the geometry experiment reports: see GEOMETRY. "split-half" was chosen
+    #: by a label-free criterion (its first two axes replicate across halves at least as
+    #: well as PCA's; docs/fidelity.md); the study's is "pca". Without two halves that each
+    #: have every emotion, a file falls back to "pca" and says so in its params.
+    geometry: str = "split-half"
 
     def check(self) -> None:
         """Refuse unknown method names and out-of-range values, naming the choices."""
@@ -83,6 +88,10 @@ class ExtractionSettings:
             )
         if self.reader not in READERS:
             raise ValueError(f"unknown reader {self.reader!r}: choose one of {', '.join(READERS)}")
+        if self.geometry not in GEOMETRY:
+            raise ValueError(
+                f"unknown geometry method {self.geometry!r}: choose one of {', '.join(GEOMETRY)}"
+            )
         if not 0 < self.shrinkage <= 1:
             raise ValueError(f"shrinkage must be in (0, 1], got {self.shrinkage}")
         if not 0 <= self.neutral_variance < 1:
@@ -103,6 +112,17 @@ READERS = {
     "mean": "the unit vectors themselves (class-mean differences)",
     "whitened": "vectors times the inverse shrunk within-emotion covariance (discriminant)",
 }
+#: Principal axes of the emotion geometry (the study's is "pca").
+GEOMETRY = {
+    "pca": "principal components of the reading directions",
+    "split-half": "principal axes of the cross-covariance between the directions built from two "
+    "disjoint halves of the stories (only variance that replicates across halves counts)",
+}
+#: Method parameters added after vector files were first written, and the value that files
+#: written before them implicitly used.
+ADDED_PARAMS = {"geometry": "pca"}
+#: Most principal axes a vector file stores for the split-half geometry.
+GEOMETRY_AXES = 10
 
 
 def pooling_weights(lengths: torch.Tensor, width: int, start_token: int) -> torch.Tensor:
@@ -186,6 +206,23 @@ def _threads_per_worker(workers: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def to_host(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors on the host, with one wait for the device whatever their number.
+
+    On CUDA they are copied without blocking into pinned memory, then the stream is waited
+    for once; host tensors are returned as they are.
+    """
+    if all(t.device.type == "cpu" for t in tensors):
+        return tensors
+    if not all(t.device.type == "cuda" for t in tensors):
+        return tuple(t.cpu() for t in tensors)
+    host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors)
+    for target, source in zip(host, tensors, strict=True):
+        target.copy_(source, non_blocking=True)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return host
+
+
 class PooledPass:
     """One forward pass per batch, pooled residual means at every requested layer.
 
@@ -243,15 +280,22 @@ class PooledPass:
     # -- the model side ---------------------------------------------------------------------
 
     def _capture(self, layer: int, hidden: torch.Tensor, _offset: int) -> None:
-        """Pool one layer's residual into the batch of the calling thread (others: ignored)."""
+        """Pool one layer's residual into the batch of the calling thread (others: ignored).
+
+        The results stay on the model's device: a copy to the host here would make a GPU
+        drain its queue at every read layer, leaving it idle while the host queues the next
+        blocks. :meth:`_run_batch` copies the whole batch once, after the pass.
+        """
         batch = getattr(self._active, "batch", None)
         if batch is None:
             return
         row = batch["rows"][layer]
-        pooled = torch.bmm(batch["weights"].unsqueeze(1), hidden).squeeze(1)
-        batch["pooled"][row] = pooled.float().cpu()
-        norms = (hidden.norm(dim=-1) * batch["counted"]).double().sum(dim=1)
-        batch["norm_sums"][row] = norms.cpu()
+        # Pooled in float32 whatever the model's dtype: a bfloat16 mean is off by up to 0.4%.
+        pooled = torch.bmm(batch["weights"].unsqueeze(1), hidden.float()).squeeze(1)
+        batch["pooled"][row] = pooled
+        wide = {} if hidden.dtype == torch.float32 else {"dtype": torch.float32}
+        norms = (hidden.norm(dim=-1, **wide) * batch["counted"]).double().sum(dim=1)
+        batch["norm_sums"][row] = norms
 
     def _running(self) -> bool:
         """Whether the calling thread is running one of this pass's batches."""
@@ -262,13 +306,16 @@ class PooledPass:
         input_ids, attention = right_padded(rows_of_ids, lm.tokenizer.pad_token_id)
         lengths = attention.sum(1)
         weights = pooling_weights(lengths, input_ids.shape[1], self.settings.start_token)
-        weights = weights.to(lm.device, dtype=lm.model.dtype)
+        per_text = (weights > 0).sum(dim=1)  # pooled tokens per text, known on the host
+        weights = weights.to(lm.device)
+        shape = (len(self.layers), len(rows_of_ids))
         batch = {
             "rows": {layer: i for i, layer in enumerate(self.layers)},
             "weights": weights,
             "counted": weights > 0,
-            "pooled": torch.empty(len(self.layers), len(rows_of_ids), lm.d_model),
-            "norm_sums": torch.zeros(len(self.layers), len(rows_of_ids), dtype=torch.float64),
+            "per_text": per_text,
+            "pooled": torch.empty(*shape, lm.d_model, device=lm.device),
+            "norm_sums": torch.zeros(shape, dtype=torch.float64, device=lm.device),
             "lengths": lengths,
             "width": input_ids.shape[1],
         }
@@ -284,6 +331,7 @@ class PooledPass:
             pass
         finally:
             self._active.batch = None
+        batch["pooled"], batch["norm_sums"] = to_host(batch["pooled"], batch["norm_sums"])
         release_freed_memory()
         return batch
 
@@ -325,8 +373,7 @@ class PooledPass:
             stopping_after(lm.layers, max(self.layers), when=self._running),
         ):
             for batch, done in zip(batches, self._results(ids, batches), strict=True):
-                pooled, norm_sums = done["pooled"], done["norm_sums"]
-                per_text = done["counted"].sum(dim=1).cpu()
+                pooled, norm_sums, per_text = done["pooled"], done["norm_sums"], done["per_text"]
                 self._account(norm_sums.sum(dim=1), int(per_text.sum()))
                 self.tokens += int(done["lengths"].sum())
                 self.padded_tokens += len(batch) * done["width"]
@@ -466,23 +513,29 @@ def spearman_brown(r: float) -> float:
     return 2 * r / (1 + r) if r > -1 else float("nan")
 
 
-def split_half_reliability(
+def half_directions(
     half_sums: torch.Tensor,
     half_counts: torch.Tensor,
     bases: list[torch.Tensor],
     within: torch.Tensor | None = None,
     shrinkage: float = 0.3,
-) -> dict[str, list[float]]:
-    """Per layer: mean same-emotion cosine between the two halves' reading directions
-    (``vector_half``) and the correlation of their emotion-by-emotion similarity matrices
-    (``geometry_half``), each also stepped up by Spearman-Brown (``vector``, ``geometry``).
-    Emotions missing from either half are left out."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reading directions [L, E', d] (float64) built from each half of the stories alone, and
+    the mask [E] of the E' emotions that have stories in both halves."""
     both = (half_counts > 0).all(dim=0)
     halves = [
         build_directions(half_sums[h][:, both], half_counts[h][both], bases, within, shrinkage)
         for h in (0, 1)
     ]
     a, b = (h.for_reading.double() for h in halves)
+    return a, b, both
+
+
+def split_half_reliability(a: torch.Tensor, b: torch.Tensor) -> dict[str, list[float]]:
+    """Per layer, from the two halves' reading directions ``a``, ``b`` [L, E, d]: mean
+    same-emotion cosine (``vector_half``) and the correlation of their emotion-by-emotion
+    similarity matrices (``geometry_half``), each also stepped up by Spearman-Brown
+    (``vector``, ``geometry``)."""
     vector_half = (a * b).sum(-1).mean(-1).tolist()
     n = a.shape[1]
     upper = torch.triu_indices(n, n, offset=1)
@@ -496,7 +549,70 @@ def split_half_reliability(
         "vector": [round(spearman_brown(r), 4) for r in vector_half],
         "geometry_half": [round(r, 4) for r in geometry_half],
         "geometry": [round(spearman_brown(r), 4) for r in geometry_half],
-        "n_emotions": int(both.sum()),
+        "n_emotions": n,
+    }
+
+
+def cross_covariance_axes(
+    a: torch.Tensor, b: torch.Tensor, k: int = GEOMETRY_AXES
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split-half cross-covariance PCA at one layer: emotion scores [E, k], variance ratios
+    [k] and unit axes [d, k], from two independent estimates ``a``, ``b`` [E, d] of the same
+    directions.
+
+    The axes are the top eigenvectors of the symmetrised cross-covariance (A'B + B'A) / 2 of
+    the centred halves. Sampling noise, independent between halves, averages out of it over
+    the emotions, while in an ordinary PCA it adds its variance to the axes it happens to
+    lie on. Scores are the mean of both halves projected on the axes (signs arbitrary);
+    ratios are each axis's share of the positive cross-covariance.
+    """
+    a = a.double() - a.double().mean(0, keepdim=True)
+    b = b.double() - b.double().mean(0, keepdim=True)
+    # Work in the span of the emotions (rank <= E - 1 even when d is large).
+    basis, _, _ = torch.linalg.svd(torch.cat([a, b]).T, full_matrices=False)
+    pa, pb = a @ basis, b @ basis
+    cross = (pa.T @ pb + pb.T @ pa) / 2
+    values, vecs = torch.linalg.eigh(cross)
+    values, vecs = values.flip(0), vecs.flip(1)
+    k = min(k, int((values > 0).sum()), a.shape[0] - 1)
+    positive = values.clamp(min=0)
+    scores = ((pa + pb) / 2) @ vecs[:, :k]
+    return scores, positive[:k] / positive.sum().clamp(min=1e-300), basis @ vecs[:, :k]
+
+
+def axis_replication(a: torch.Tensor, b: torch.Tensor, axes: torch.Tensor) -> list[float]:
+    """Label-free check of principal axes at one layer: for each unit axis (a column of
+    ``axes`` [d, k]), the correlation across emotions between the two halves' projections on
+    it. An axis made of sampling noise does not replicate."""
+    a = a.double() - a.double().mean(0, keepdim=True)
+    b = b.double() - b.double().mean(0, keepdim=True)
+    pa, pb = a @ axes.double(), b @ axes.double()
+    return [
+        round(float(torch.corrcoef(torch.stack([pa[:, k], pb[:, k]]))[0, 1]), 4)
+        for k in range(axes.shape[1])
+    ]
+
+
+def split_half_geometry(
+    a: torch.Tensor, b: torch.Tensor, k: int = GEOMETRY_AXES
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Cross-covariance scores for every layer [L, E, k], and per layer the variance ratios
+    and, for both geometries, the split-half replication of the first two axes."""
+    n_l = a.shape[0]
+    per_layer = [cross_covariance_axes(a[layer], b[layer], k) for layer in range(n_l)]
+    width = min(s.shape[1] for s, _, _ in per_layer)
+    scores = torch.stack([s[:, :width] for s, _, _ in per_layer]).float()
+    replication: dict[str, list[list[float]]] = {"pca": [], "split-half": []}
+    for layer in range(n_l):
+        full = ((a[layer] + b[layer]) / 2).double()
+        _, _, vt = torch.linalg.svd(full - full.mean(0, keepdim=True), full_matrices=False)
+        replication["pca"].append(axis_replication(a[layer], b[layer], vt[:2].T))
+        replication["split-half"].append(
+            axis_replication(a[layer], b[layer], per_layer[layer][2][:, :2])
+        )
+    return scores, {
+        "ratios": [[round(float(x), 4) for x in r[:width]] for _, r, _ in per_layer],
+        "replication": replication,
     }
 
 
@@ -540,6 +656,292 @@ def heldout_accuracy(
     return {"top1": top1, "top5": top5}
 
 
+@dataclass
+class PartialSums:
+    """What a pass over a corpus (or one shard of it) leaves behind: float64 sums that add up
+    across shards, so that vectors merged from shards equal a single process's.
+
+    ``held`` holds the pooled held-out stories (float32, as the model gives them) with their
+    corpus indices and emotion indices; ``story_scatter`` is kept only when the method needs
+    the within-emotion covariance, and ``scatter``/``total`` only with neutral texts.
+    """
+
+    layers: list[int]
+    emotions: list[str]
+    settings: dict[str, Any]
+    corpus: dict[str, Any]
+    model: dict[str, Any]
+    split: str
+    sums: torch.Tensor  # [L, E, d] float64, training stories
+    counts: torch.Tensor  # [E]
+    half_sums: torch.Tensor  # [2, L, E, d], all stories by half
+    half_counts: torch.Tensor  # [2, E]
+    held: torch.Tensor  # [H, L, d] float32
+    held_ids: list[int]
+    held_labels: list[int]
+    story_scatter: torch.Tensor | None  # [L, d, d] training stories, or None
+    scatter: torch.Tensor  # [L, d, d] neutral texts
+    total: torch.Tensor  # [L, d]
+    n_neutral: int
+    norm_sum: torch.Tensor  # [L] float64
+    norm_count: int
+    tokens: int
+    padded_tokens: int
+    cached_texts: int
+    shard: tuple[int, int] = (0, 1)
+
+
+def shard_indices(n: int, shard: tuple[int, int]) -> list[int]:
+    """The texts of shard ``i`` of ``N``: every N-th from the i-th (balanced across emotions)."""
+    i, count = shard
+    if not (isinstance(i, int) and isinstance(count, int) and 0 <= i < count):
+        raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{count}")
+    return list(range(i, n, count))
+
+
+def _settings_for(corpus: Corpus, settings: ExtractionSettings | None, overrides) -> Any:
+    settings = replace(settings) if settings is not None else ExtractionSettings()
+    for key, value in overrides.items():  # on a copy: the caller's settings stay as they were
+        if not hasattr(settings, key):
+            raise TypeError(f"unknown extraction setting {key!r}")
+        setattr(settings, key, value)
+    settings.check()
+    if not corpus.stories:
+        raise ValueError("the corpus has no stories")
+    if len(corpus.emotions) < 2:
+        raise ValueError(
+            "the corpus has stories of one emotion only: vectors are differences from the mean "
+            "over emotions, so at least two emotions are needed"
+        )
+    if settings.denoise == "neutral-stories" and not corpus.neutral_stories:
+        raise ValueError(
+            f"the corpus {corpus.source!r} has no neutral stories (neutral_stories.jsonl): "
+            "choose another denoising method (dialogues, within, none)"
+        )
+    return settings
+
+
+def accumulate(
+    lm: LanguageModel,
+    corpus: Corpus | str = CURATED,
+    settings: ExtractionSettings | None = None,
+    progress: bool = False,
+    cache: PooledCache | str | bool | None = True,
+    shard: tuple[int, int] = (0, 1),
+    **overrides: Any,
+) -> PartialSums:
+    """Run the model over a corpus (or shard ``(i, N)`` of its stories and neutral texts)
+    and return the sums :func:`finish` turns into vectors; see :func:`extract`."""
+    if isinstance(corpus, str):
+        corpus = load_corpus(corpus)
+    settings = _settings_for(corpus, settings, overrides)
+    layers = list(range(lm.n_layers)) if settings.layers is None else sorted(set(settings.layers))
+    for layer in layers:
+        if not 0 <= layer < lm.n_layers:
+            raise ValueError(
+                f"layer {layer} out of range: {lm.name} has layers 0..{lm.n_layers - 1}"
+            )
+    settings.layers = layers
+    emotions = corpus.emotions
+    index = {e: i for i, e in enumerate(emotions)}
+    n_l, n_e, d = len(layers), len(emotions), lm.d_model
+
+    # Hold out every k-th story of each emotion (deterministic, by order within the emotion).
+    seen: dict[str, int] = {}
+    held_mask = []
+    for story in corpus.stories:
+        k = seen.get(story["emotion"], 0)
+        seen[story["emotion"]] = k + 1
+        held_mask.append(bool(settings.holdout_every) and k % settings.holdout_every == 0)
+    half_of, split = story_halves(corpus.stories)
+    mine = shard_indices(len(corpus.stories), shard)
+    held_ids = [i for i in mine if held_mask[i]]
+    held_row = {i: r for r, i in enumerate(held_ids)}
+
+    if cache is True:
+        cache = PooledCache.for_model(lm)
+    elif isinstance(cache, (str, os.PathLike)):
+        cache = PooledCache.for_model(lm, root=cache)
+    passer = PooledPass(lm, layers, settings, cache=cache if cache not in (None, False) else None)
+    settings = passer.settings  # with the batch size it resolved, as the vector file records
+    story_ids = passer.tokenize([corpus.stories[i]["text"] for i in mine])
+    denoising = settings.denoise if settings.neutral_variance > 0 else "none"
+    neutral_texts = {
+        "dialogues": corpus.neutral_texts(),
+        "neutral-stories": [r["text"] for r in corpus.neutral_stories],
+    }.get(denoising, [])
+    neutral_texts = [neutral_texts[i] for i in shard_indices(len(neutral_texts), shard)]
+    neutral_ids = passer.tokenize(neutral_texts)
+    total_tokens = sum(map(len, story_ids)) + sum(map(len, neutral_ids))
+    needs_within = settings.reader == "whitened" or denoising == "within"
+
+    sums = torch.zeros(n_l, n_e, d, dtype=torch.float64)
+    counts = torch.zeros(n_e, dtype=torch.float64)
+    half_sums = torch.zeros(2, n_l, n_e, d, dtype=torch.float64)
+    half_counts = torch.zeros(2, n_e, dtype=torch.float64)
+    held = torch.zeros(len(held_ids), n_l, d)
+    scatter = torch.zeros(n_l, d, d, dtype=torch.float64)
+    total = torch.zeros(n_l, d, dtype=torch.float64)
+    story_scatter = torch.zeros(n_l, d, d, dtype=torch.float64) if needs_within else None
+
+    from emovec.progress import token_progress
+
+    with token_progress(total_tokens, "extracting", enabled=progress) as advance:
+        for batch, pooled in passer.run(story_ids, advance):
+            x = pooled.double()
+            ids = [mine[r] for r in batch]  # corpus indices of this batch's stories
+            for h in (0, 1):
+                rows = [r for r, i in enumerate(ids) if half_of[i] == h]
+                labels = torch.tensor([index[corpus.stories[ids[r]]["emotion"]] for r in rows])
+                if rows:
+                    half_sums[h].index_add_(1, labels, x[:, rows])
+                    half_counts[h].index_add_(0, labels, torch.ones(len(rows), dtype=x.dtype))
+            train = [r for r, i in enumerate(ids) if not held_mask[i]]
+            labels = torch.tensor([index[corpus.stories[ids[r]]["emotion"]] for r in train])
+            if train:
+                sums.index_add_(1, labels, x[:, train])
+                counts.index_add_(0, labels, torch.ones(len(train), dtype=torch.float64))
+                if story_scatter is not None:
+                    t = x[:, train]
+                    story_scatter += torch.einsum("lbi,lbj->lij", t, t)
+            for r, i in enumerate(ids):
+                if held_mask[i]:
+                    held[held_row[i]] = pooled[:, r]
+        for _, pooled in passer.run(neutral_ids, advance):
+            x = pooled.double()
+            scatter += torch.einsum("lbi,lbj->lij", x, x)
+            total += x.sum(dim=1)
+
+    return PartialSums(
+        layers=layers,
+        emotions=list(emotions),
+        settings=asdict(settings),
+        corpus={
+            "source": corpus.source,
+            "hash": corpus.hash,
+            "n_stories": len(corpus.stories),
+            "n_neutral": len(corpus.neutral),
+            "n_neutral_stories": len(corpus.neutral_stories),
+        },
+        model=lm.identity(),
+        split=split,
+        sums=sums,
+        counts=counts,
+        half_sums=half_sums,
+        half_counts=half_counts,
+        held=held,
+        held_ids=held_ids,
+        held_labels=[index[corpus.stories[i]["emotion"]] for i in held_ids],
+        story_scatter=story_scatter,
+        scatter=scatter,
+        total=total,
+        n_neutral=len(neutral_ids),
+        norm_sum=passer.norm_sum.clone(),
+        norm_count=passer.norm_count,
+        tokens=passer.tokens,
+        padded_tokens=passer.padded_tokens,
+        cached_texts=passer.cached_texts,
+        shard=shard,
+    )
+
+
+def finish(partial: PartialSums) -> EmotionVectors:
+    """Vectors, reading directions, held-out accuracy, reliability and geometry from the sums
+    of a whole corpus (one :func:`accumulate` pass, or shards merged in order)."""
+    settings = ExtractionSettings(**partial.settings)
+    layers = partial.layers
+    n_l, n_e = len(layers), len(partial.emotions)
+    n_model_layers = int(partial.model["n_layers"])
+    sums, counts = partial.sums.clone(), partial.counts.clone()
+    story_scatter = None if partial.story_scatter is None else partial.story_scatter.clone()
+    scatter, total, half_sums, half_counts = (
+        partial.scatter,
+        partial.total,
+        partial.half_sums,
+        partial.half_counts,
+    )
+    denoising = settings.denoise if settings.neutral_variance > 0 else "none"
+
+    def method_bases(within: torch.Tensor | None) -> list[torch.Tensor]:
+        if denoising == "within" and within is not None:
+            return [
+                top_components(within[layer], settings.neutral_variance) for layer in range(n_l)
+            ]
+        return neutral_components(scatter, total, partial.n_neutral, settings.neutral_variance)
+
+    def whitening(within: torch.Tensor | None) -> torch.Tensor | None:
+        return within if settings.reader == "whitened" else None
+
+    metrics: dict[str, Any] = {
+        "tokens": partial.tokens,
+        "padding_waste": round(1 - partial.tokens / max(partial.padded_tokens, 1), 4),
+        "cached_texts": partial.cached_texts,
+    }
+    default_layer = min(layers, key=lambda layer: abs(layer - (n_model_layers - 1) * 2 / 3))
+    steer_layer = min(layers, key=lambda layer: abs(layer - n_model_layers * 0.4))
+    if partial.held_ids:
+        if (counts == 0).any():
+            raise ValueError("holdout_every leaves some emotion without training stories")
+        train_within = (
+            within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
+        )
+        trained = build_directions(
+            sums, counts, method_bases(train_within), whitening(train_within), settings.shrinkage
+        )
+        labels = torch.tensor(partial.held_labels)
+        acc = heldout_accuracy(trained.for_reading, trained.grand, partial.held, labels)
+        acc["layers"] = layers
+        acc["n_heldout"] = len(partial.held_ids)
+        acc["chance_top1"] = 1 / n_e
+        metrics["heldout"] = acc
+        best = max(range(n_l), key=lambda i: (acc["top1"][i], acc["top5"][i]))
+        default_layer = layers[best]
+        h = partial.held.transpose(0, 1).double()
+        sums.index_add_(1, labels, h)
+        counts.index_add_(0, labels, torch.ones(len(partial.held_ids), dtype=torch.float64))
+        if story_scatter is not None:
+            story_scatter += torch.einsum("lbi,lbj->lij", h, h)
+    within = within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
+    bases = method_bases(within)
+    metrics["neutral_components"] = [int(b.shape[1]) for b in bases]
+    built = build_directions(sums, counts, bases, whitening(within), settings.shrinkage)
+    geometry_scores = None
+    if (half_counts > 0).all(dim=0).sum() >= 2:
+        a, b, both = half_directions(
+            half_sums, half_counts, bases, whitening(within), settings.shrinkage
+        )
+        metrics["reliability"] = {
+            "layers": layers,
+            "split": partial.split,
+            **split_half_reliability(a, b),
+        }
+        if bool(both.all()) and n_e >= 3:
+            geometry_scores, metrics["geometry"] = split_half_geometry(a, b)
+            metrics["geometry"]["layers"] = layers
+    if settings.geometry == "split-half" and geometry_scores is None:
+        # Needs at least 3 emotions with stories of each in both halves (2+ stories per
+        # emotion, or 2+ shared topics): the file records what it could do.
+        settings = replace(settings, geometry="pca")
+        metrics["geometry_fallback"] = (
+            "split-half geometry needs stories of every emotion in both halves; used pca"
+        )
+    return EmotionVectors(
+        vectors=built.vectors,
+        emotions=list(partial.emotions),
+        layers=layers,
+        default_layer=default_layer,
+        model=partial.model,
+        residual_norm=(partial.norm_sum / max(partial.norm_count, 1)).float(),
+        mean_activation=built.grand,
+        params=asdict(settings) | {"layers": layers, "pooling": "mean", "unit": True},
+        readers=built.readers,
+        geometry_scores=geometry_scores if settings.geometry == "split-half" else None,
+        corpus=dict(partial.corpus),
+        metrics=metrics,
+        steer_layer=steer_layer,
+    )
+
+
 def extract(
     lm: LanguageModel,
     corpus: Corpus | str = CURATED,
@@ -559,167 +961,7 @@ def extract(
     ``cache`` keeps every text's pooled means (``True``, the default as in the CLI: under
     ``$EMOVEC_CACHE/pooled``; a folder or :class:`PooledCache`: there; ``False`` or ``None``:
     off), so re-extracting with other method settings, a subset or a grown corpus runs the
-    model only on texts it has not seen.
+    model only on texts it has not seen. To spread the work over processes or machines, run
+    :func:`accumulate` per shard and merge (:mod:`emovec.sharding`).
     """
-    settings = replace(settings) if settings is not None else ExtractionSettings()
-    for key, value in overrides.items():  # on a copy: the caller's settings stay as they were
-        if not hasattr(settings, key):
-            raise TypeError(f"unknown extraction setting {key!r}")
-        setattr(settings, key, value)
-    settings.check()
-    if isinstance(corpus, str):
-        corpus = load_corpus(corpus)
-    if not corpus.stories:
-        raise ValueError("the corpus has no stories")
-    if len(corpus.emotions) < 2:
-        raise ValueError(
-            "the corpus has stories of one emotion only: vectors are differences from the mean "
-            "over emotions, so at least two emotions are needed"
-        )
-    if settings.denoise == "neutral-stories" and not corpus.neutral_stories:
-        raise ValueError(
-            f"the corpus {corpus.source!r} has no neutral stories (neutral_stories.jsonl): "
-            "choose another denoising method (dialogues, within, none)"
-        )
-    layers = list(range(lm.n_layers)) if settings.layers is None else sorted(set(settings.layers))
-    for layer in layers:
-        if not 0 <= layer < lm.n_layers:
-            raise ValueError(
-                f"layer {layer} out of range: {lm.name} has layers 0..{lm.n_layers - 1}"
-            )
-    emotions = corpus.emotions
-    index = {e: i for i, e in enumerate(emotions)}
-    n_l, n_e, d = len(layers), len(emotions), lm.d_model
-
-    # Hold out every k-th story of each emotion (deterministic, by order within the emotion).
-    seen: dict[str, int] = {}
-    held_mask = []
-    for story in corpus.stories:
-        k = seen.get(story["emotion"], 0)
-        seen[story["emotion"]] = k + 1
-        held_mask.append(bool(settings.holdout_every) and k % settings.holdout_every == 0)
-    held_ids = [i for i, h in enumerate(held_mask) if h]
-    held_row = {i: r for r, i in enumerate(held_ids)}
-    half_of, split = story_halves(corpus.stories)
-
-    if cache is True:
-        cache = PooledCache.for_model(lm)
-    elif isinstance(cache, (str, os.PathLike)):
-        cache = PooledCache.for_model(lm, root=cache)
-    passer = PooledPass(lm, layers, settings, cache=cache if cache not in (None, False) else None)
-    settings = passer.settings  # with the batch size it resolved, as the vector file records
-    story_ids = passer.tokenize([s["text"] for s in corpus.stories])
-    denoising = settings.denoise if settings.neutral_variance > 0 else "none"
-    neutral_texts = {
-        "dialogues": corpus.neutral_texts(),
-        "neutral-stories": [r["text"] for r in corpus.neutral_stories],
-    }.get(denoising, [])
-    neutral_ids = passer.tokenize(neutral_texts)
-    total_tokens = sum(map(len, story_ids)) + sum(map(len, neutral_ids))
-    needs_within = settings.reader == "whitened" or denoising == "within"
-
-    sums = torch.zeros(n_l, n_e, d, dtype=torch.float64)
-    counts = torch.zeros(n_e, dtype=torch.float64)
-    half_sums = torch.zeros(2, n_l, n_e, d, dtype=torch.float64)
-    half_counts = torch.zeros(2, n_e, dtype=torch.float64)
-    held = torch.zeros(len(held_ids), n_l, d)
-    scatter = torch.zeros(n_l, d, d, dtype=torch.float64)
-    total = torch.zeros(n_l, d, dtype=torch.float64)
-    story_scatter = torch.zeros(n_l, d, d, dtype=torch.float64) if needs_within else None
-
-    from emovec.progress import token_progress
-
-    with token_progress(total_tokens, "extracting", enabled=progress) as advance:
-        for batch, pooled in passer.run(story_ids, advance):
-            x = pooled.double()
-            for h in (0, 1):
-                rows = [r for r, i in enumerate(batch) if half_of[i] == h]
-                labels = torch.tensor([index[corpus.stories[batch[r]]["emotion"]] for r in rows])
-                if rows:
-                    half_sums[h].index_add_(1, labels, x[:, rows])
-                    half_counts[h].index_add_(0, labels, torch.ones(len(rows), dtype=x.dtype))
-            train = [r for r, i in enumerate(batch) if not held_mask[i]]
-            labels = torch.tensor([index[corpus.stories[batch[r]]["emotion"]] for r in train])
-            if train:
-                sums.index_add_(1, labels, x[:, train])
-                counts.index_add_(0, labels, torch.ones(len(train), dtype=torch.float64))
-                if story_scatter is not None:
-                    t = x[:, train]
-                    story_scatter += torch.einsum("lbi,lbj->lij", t, t)
-            for r, i in enumerate(batch):
-                if held_mask[i]:
-                    held[held_row[i]] = pooled[:, r]
-        for _, pooled in passer.run(neutral_ids, advance):
-            x = pooled.double()
-            scatter += torch.einsum("lbi,lbj->lij", x, x)
-            total += x.sum(dim=1)
-
-    def method_bases(within: torch.Tensor | None) -> list[torch.Tensor]:
-        if denoising == "within" and within is not None:
-            return [
-                top_components(within[layer], settings.neutral_variance) for layer in range(n_l)
-            ]
-        return neutral_components(scatter, total, len(neutral_ids), settings.neutral_variance)
-
-    def whitening(within: torch.Tensor | None) -> torch.Tensor | None:
-        return within if settings.reader == "whitened" else None
-
-    metrics: dict[str, Any] = {
-        "tokens": passer.tokens,
-        "padding_waste": round(1 - passer.tokens / max(passer.padded_tokens, 1), 4),
-        "cached_texts": passer.cached_texts,
-    }
-    default_layer = min(layers, key=lambda layer: abs(layer - (lm.n_layers - 1) * 2 / 3))
-    steer_layer = min(layers, key=lambda layer: abs(layer - lm.n_layers * 0.4))
-    if held_ids:
-        if (counts == 0).any():
-            raise ValueError("holdout_every leaves some emotion without training stories")
-        train_within = (
-            within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
-        )
-        trained = build_directions(
-            sums, counts, method_bases(train_within), whitening(train_within), settings.shrinkage
-        )
-        labels = torch.tensor([index[corpus.stories[i]["emotion"]] for i in held_ids])
-        acc = heldout_accuracy(trained.for_reading, trained.grand, held, labels)
-        acc["layers"] = layers
-        acc["n_heldout"] = len(held_ids)
-        acc["chance_top1"] = 1 / n_e
-        metrics["heldout"] = acc
-        best = max(range(n_l), key=lambda i: (acc["top1"][i], acc["top5"][i]))
-        default_layer = layers[best]
-        h = held.transpose(0, 1).double()
-        sums.index_add_(1, labels, h)
-        counts.index_add_(0, labels, torch.ones(len(held_ids), dtype=torch.float64))
-        if story_scatter is not None:
-            story_scatter += torch.einsum("lbi,lbj->lij", h, h)
-    within = within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
-    bases = method_bases(within)
-    metrics["neutral_components"] = [int(b.shape[1]) for b in bases]
-    built = build_directions(sums, counts, bases, whitening(within), settings.shrinkage)
-    vectors, grand = built.vectors, built.grand
-    if (half_counts > 0).all(dim=0).sum() >= 2:
-        reliability = split_half_reliability(
-            half_sums, half_counts, bases, whitening(within), settings.shrinkage
-        )
-        metrics["reliability"] = {"layers": layers, "split": split, **reliability}
-    return EmotionVectors(
-        vectors=vectors,
-        emotions=emotions,
-        layers=layers,
-        default_layer=default_layer,
-        model=lm.identity(),
-        residual_norm=passer.mean_norm,
-        mean_activation=grand,
-        params=asdict(settings) | {"layers": layers, "pooling": "mean", "unit": True},
-        readers=built.readers,
-        corpus={
-            "source": corpus.source,
-            "hash": corpus.hash,
-            "n_stories": len(corpus.stories),
-            "n_neutral": len(corpus.neutral),
-            "n_neutral_stories": len(corpus.neutral_stories),
-        },
-        metrics=metrics,
-        steer_layer=steer_layer,
-    )
+    return finish(accumulate(lm, corpus, settings, progress, cache, **overrides))

@@ -10,6 +10,9 @@ A file is safetensors (no pickle) with three tensors and one JSON metadata entry
   differ from the steering vectors (``params.reader = "whitened"``: each vector multiplied by
   the inverse of the shrunk story-to-story covariance, so that directions along which stories
   of one emotion vary a lot count less);
+- ``geometry_scores`` [layers, emotions, k] (optional, ``params.geometry = "split-half"``):
+  each emotion's scores on the principal axes of the cross-covariance between two halves of
+  the stories, which the geometry experiment uses instead of an ordinary PCA;
 - metadata ``emovec``: emotions, layers, default layer, model identity and weight fingerprint,
   corpus hash, every method parameter, held-out accuracy, library version.
 
@@ -62,6 +65,8 @@ class EmotionVectors:
     steer_layer: int | None = None
     #: Reading directions [n_layers, n_emotions, d_model] when they differ from ``vectors``.
     readers: torch.Tensor | None = None
+    #: Split-half cross-covariance scores [n_layers, n_emotions, k], when built with them.
+    geometry_scores: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         """One line (no tensors): model, emotions, layers, default layers, corpus."""
@@ -144,7 +149,13 @@ class EmotionVectors:
     def check_model(self, lm: LanguageModel) -> None:
         """Refuse to use these vectors with a model they were not built from."""
         mine, theirs = self.model, lm.identity()
-        for key in ("d_model", "n_layers", "fingerprint"):
+        keys = ["d_model", "n_layers", "fingerprint"]
+        # The fingerprint samples weight values, which a bfloat16/float16 load rounds: across
+        # dtypes the same named model of the same architecture is accepted on its shape.
+        other_dtype = mine.get("dtype", "float32") != theirs.get("dtype", "float32")
+        if other_dtype and all(mine.get(k) == theirs.get(k) for k in ("name", "architecture")):
+            keys.remove("fingerprint")
+        for key in keys:
             if mine.get(key) != theirs.get(key):
                 raise VectorFileError(
                     f"these vectors belong to model {mine.get('name')!r} "
@@ -169,6 +180,8 @@ class EmotionVectors:
         }
         if self.readers is not None:
             tensors["readers"] = self.readers.float().contiguous()
+        if self.geometry_scores is not None:
+            tensors["geometry_scores"] = self.geometry_scores.float().contiguous()
         meta = self.info()
         meta.pop("residual_norm")
         meta["checksum"] = _checksum(tensors)
@@ -228,6 +241,9 @@ class EmotionVectors:
         readers = tensors.get("readers")
         if readers is not None:
             readers = _finite(path, "readers", readers)
+        geometry_scores = tensors.get("geometry_scores")
+        if geometry_scores is not None:
+            geometry_scores = _finite(path, "geometry_scores", geometry_scores)
         norms = vec.double().norm(dim=-1)
         if bool((norms == 0).any()):
             raise VectorFileError(f"{path}: vectors contain an all-zero vector (no direction)")
@@ -251,6 +267,7 @@ class EmotionVectors:
             version=meta.get("version", "?"),
             steer_layer=meta.get("steer_layer"),
             readers=readers,
+            geometry_scores=geometry_scores,
         )
 
 
@@ -366,6 +383,10 @@ def _check_layout(
         "residual_norm": (n_layers,),
         "mean_activation": (n_layers, d_model),
     }
+    if "geometry_scores" in layout:
+        shape = layout["geometry_scores"][1]
+        axes = shape[2] if len(shape) == 3 else 0
+        expected["geometry_scores"] = (n_layers, n_emotions, axes if 0 < axes < n_emotions else -1)
     for name, shape in expected.items():
         if name not in layout:
             continue
@@ -378,7 +399,11 @@ def _check_layout(
         if actual != shape:
             raise VectorFileError(
                 f"{path}: tensor {name!r} has shape {actual} but metadata says {shape} "
-                "(layers, emotions, d_model)"
+                + (
+                    "(layers, emotions, axes < emotions)"
+                    if name == "geometry_scores"
+                    else "(layers, emotions, d_model)"
+                )
             )
 
 

@@ -158,7 +158,14 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
     if len(vectors.emotions) < 4:
         raise ExperimentError("geometry needs at least 4 emotions in the vector file")
     x = vectors.reading_directions(layer).double().numpy()  # what `read` scores against
-    ratios, comps, scores = pca(x)
+    method = "pca"
+    ratios, _, scores = pca(x)
+    if vectors.geometry_scores is not None:
+        # Split-half cross-covariance axes (params.geometry = "split-half"): only structure
+        # that replicates across two halves of the stories.
+        method = "split-half"
+        scores = vectors.geometry_scores[vectors.layer_index(layer)].double().numpy().copy()
+        ratios = np.array(vectors.metrics["geometry"]["ratios"][vectors.layer_index(layer)])
     if len(ratios) < 2:
         raise ExperimentError(
             f"the {len(vectors.emotions)} vectors at layer {layer} span fewer than 2 dimensions"
@@ -172,9 +179,9 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
             flip = scores[vectors.emotions.index("happy"), pc] < 0
         if flip:
             scores[:, pc] *= -1
-            comps[pc] *= -1
     lex = lexicon_correlations(scores, vectors.emotions) if lex else lex
     return {
+        "method": method,
         "variance_ratio": ratios[:10].tolist(),  # never beyond the rank (n emotions - 1)
         "scores": scores[:, :2],
         "supervised_valence": supervised_valence(x, vectors.emotions),
@@ -199,6 +206,9 @@ def run_geometry(vectors: EmotionVectors, layer: int | None = None, seed: int = 
             "kmeans_seed": seed,
             "n_init": 10,
             "lexicon": LEXICON_NAME if lex is not None else "not installed",
+            # "split-half": axes of the cross-covariance of two halves of the stories (the
+            # variance shares are of that replicating variance); "pca": the study's PCA
+            "axes": m["method"],
         },
     )
     result.compare("variance explained by PC1", f"{ratios[0]:.0%}", "26%")

@@ -56,11 +56,12 @@ class CosineScorer:
         row = vectors.layer_index(layer)
         index = [vectors.emotions.index(e) for e in emotions]
         dtype, device = lm.model.dtype, lm.device
+        # float32 whatever the model's dtype, as :func:`emovec.reading.read` scores.
         self._directions_t = (
-            vectors.reading_directions(vectors.layers[row])[index].T.contiguous().to(device, dtype)
+            vectors.reading_directions(vectors.layers[row])[index].T.contiguous().float().to(device)
         )
         mean = vectors.mean_activation[row] if center else torch.zeros(lm.d_model)
-        self._mean = mean.to(device, dtype)
+        self._mean = mean.float().to(device)
         cpu_fp32 = device.type == "cpu" and dtype == torch.float32
         # On CPU, numpy's small-matrix path costs about half of torch's per-op dispatch.
         self._numpy = (self._mean.numpy(), self._directions_t.numpy()) if cpu_fp32 else None
@@ -73,9 +74,18 @@ class CosineScorer:
             scores = x @ directions_t
             scores /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x))[:, None], 1e-12)
             return scores.reshape(*hidden.shape[:-1], -1)
-        y = hidden.detach() - self._mean
+        return self.on_device(hidden).cpu().numpy()
+
+    def on_device(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of residuals [..., d] -> float32 tensor [..., emotions] on their device.
+
+        Nothing is read back, so a GPU's queue keeps running: live monitoring scores inside
+        the forward pass and reads each step's scores once, after it (:class:`_Watch`).
+        """
+        # .to() is a no-op on one device; with a device map the layer may sit elsewhere.
+        y = hidden.detach().to(self._mean.device, torch.float32) - self._mean
         scores = torch.matmul(y, self._directions_t)
-        return (scores / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float().cpu().numpy()
+        return scores / y.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 @dataclass
@@ -299,6 +309,8 @@ def calibrate(
     max_tokens: int = 256,
     batch_size: int = 8,
     cache: bool | str | Path = True,
+    on_start: Callable[[int, int], None] | None = None,
+    progress: bool = False,
 ) -> Baseline:
     """Measure each emotion's score mean and spread over calibration tokens, once.
 
@@ -306,7 +318,9 @@ def calibrate(
     with an ordinary assistant conversation"); pass your own traffic instead to calibrate on
     it. Each text is cut to ``max_tokens``. With ``cache=True`` the result is kept under
     ``$EMOVEC_CACHE/baselines`` keyed by vectors, layer and texts, and reused; a path caches
-    there instead; ``False`` always recomputes.
+    there instead; ``False`` always recomputes. When it does measure (no cached result),
+    ``on_start(texts, tokens)`` is called first, so that a caller can say what is coming and
+    how long it may take; ``progress`` counts the tokens run.
     """
     from emovec.extraction import right_padded
     from emovec.hooks import run_to_layer
@@ -334,24 +348,33 @@ def calibrate(
             pass  # stale or damaged: measure again and overwrite
     monitor = Monitor(lm, vectors, layer=layer, center=center)
     rows = [lm.encode(t)[:max_tokens] for t in texts]
+    if on_start is not None:
+        on_start(len(rows), sum(map(len, rows)))
     total = np.zeros(len(monitor.emotions), dtype=np.float64)
     square = np.zeros_like(total)
     count = 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        ids, attention = right_padded(batch, lm.tokenizer.pad_token_id)
-        monitor.chunks.clear()
-        with monitor.watching():
-            run_to_layer(
-                lm.model, layer, input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device)
-            )
-        scores = monitor.scores().astype(np.float64)
-        keep = attention.numpy().astype(bool)
-        keep[:, :SKIP_FIRST] = False
-        chosen = scores[keep]
-        total += chosen.sum(axis=0)
-        square += (chosen**2).sum(axis=0)
-        count += len(chosen)
+    from emovec.progress import token_progress
+
+    with token_progress(sum(map(len, rows)), "calibrating", progress) as advance:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            ids, attention = right_padded(batch, lm.tokenizer.pad_token_id)
+            monitor.chunks.clear()
+            with monitor.watching():
+                run_to_layer(
+                    lm.model,
+                    layer,
+                    input_ids=ids.to(lm.device),
+                    attention_mask=attention.to(lm.device),
+                )
+            scores = monitor.scores().astype(np.float64)
+            keep = attention.numpy().astype(bool)
+            keep[:, :SKIP_FIRST] = False
+            chosen = scores[keep]
+            total += chosen.sum(axis=0)
+            square += (chosen**2).sum(axis=0)
+            count += len(chosen)
+            advance(sum(map(len, batch)))
     if count < 2:
         raise MonitorError("calibration texts are too short: give texts of a few sentences")
     mean = total / count
@@ -1089,37 +1112,53 @@ class _Watch:
     def __init__(self, live: LiveMonitor, rows: list[_Row], prompt_width: int, on_token, cancel):
         self.live, self.rows, self.width = live, rows, prompt_width
         self.on_token, self.cancel = on_token, cancel
-        self.latest: tuple[int, np.ndarray] | None = None
+        self.latest: tuple[int, torch.Tensor] | None = None
         self.steer_active = torch.zeros(len(rows))
         self.eos = set(live.eos_ids)
         self.seconds = 0.0  # time spent here: scoring and per-token work of the monitor
+        self._stop: torch.Tensor | None = None  # the last answer, on the model's device
+        self._stopped: list[bool] = []
 
     def score(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
-        """Residual hook: scores [batch, emotions] of the newest position of a decode step."""
+        """Residual hook: scores [batch, emotions] of the newest position of a decode step,
+        left on the device (read after the step, with the token ids, in one copy)."""
         if offset < self.width:
             return
         start = time.perf_counter()
-        self.latest = (offset + hidden.shape[1] - 1, self.live._score(hidden[:, -1]))
+        self.latest = (offset + hidden.shape[1] - 1, self.live._score.on_device(hidden[:, -1]))
         self.seconds += time.perf_counter() - start
+
+    def to_host(self, chunk: torch.Tensor, ids: torch.Tensor) -> tuple[list[int], np.ndarray]:
+        """Token ids [batch] and raw scores [batch, emotions] on the host, in one copy.
+
+        On a GPU every read waits for the device, so the ids ride along as one more column
+        of the scores (float32 holds every id below 2**24 exactly; float64 beyond).
+        """
+        dtype = torch.float32 if self.live.vocab_size < 2**24 else torch.float64
+        packed = torch.cat([chunk.to(dtype), ids.to(chunk.device, dtype).unsqueeze(1)], dim=1)
+        host = packed.numpy() if packed.device.type == "cpu" else packed.cpu().numpy()
+        return host[:, -1].astype(np.int64).tolist(), host[:, :-1].astype(np.float32)
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **_: Any) -> torch.Tensor:
         start = time.perf_counter()
-        stop = torch.zeros(len(self.rows), dtype=torch.bool)
         if self.latest is not None:
             offset, chunk = self.latest
-            ids = input_ids[:, offset].tolist()
+            ids, raw = self.to_host(chunk, input_ids[:, offset])
+            z = self.live.z(raw)
             for row, state in enumerate(self.rows):
                 if not state.done:
-                    self.live._accept(state, ids[row], chunk[row], self)
-                stop[row] = state.done
+                    self.live._accept(state, ids[row], raw[row], self, z[row])
         self.latest = None
         if self.cancel is not None and self.cancel.is_set():
             for state in self.rows:
                 if not state.done:
                     state.done, state.stopped_by = True, "cancel"
-            stop[:] = True
+        stopped = [state.done for state in self.rows]
+        if self._stop is None or stopped != self._stopped:  # a copy only when a row stops
+            self._stop = torch.tensor(stopped, dtype=torch.bool, device=input_ids.device)
+            self._stopped = stopped
         self.seconds += time.perf_counter() - start
-        return stop
+        return self._stop
 
 
 class LiveMonitor:
@@ -1162,6 +1201,7 @@ class LiveMonitor:
         self._score = CosineScorer(lm, vectors, self.emotions, self.layer, center)
         self.hidden = hidden
         self.eos_ids = _eos_ids(lm)
+        self.vocab_size = int(lm.model.get_input_embeddings().num_embeddings)
         body = backbone(lm.model)
         takes_cache = "cache" in inspect.signature(body.forward).parameters
         self._body, self._cache_arg = body, "cache" if takes_cache else "past_key_values"
@@ -1189,8 +1229,16 @@ class LiveMonitor:
 
     # -- per token ------------------------------------------------------------------------
 
-    def _accept(self, state: _Row, token_id: int, raw: np.ndarray, watch: _Watch) -> None:
-        """Take one scored reply token of one row: decode, z-score, rules, actions, deliver."""
+    def _accept(
+        self,
+        state: _Row,
+        token_id: int,
+        raw: np.ndarray,
+        watch: _Watch,
+        z: np.ndarray | None = None,
+    ) -> None:
+        """Take one scored reply token of one row: decode, z-score (unless given: ``z``, the
+        batch's, done at once), rules, actions, deliver."""
         if token_id in watch.eos:
             state.done, state.stopped_by = True, "eos"
             return
@@ -1200,7 +1248,8 @@ class LiveMonitor:
             piece = ""
         else:
             piece, state.text = text[len(state.text) :], text
-        z = self.z(raw)
+        if z is None:
+            z = self.z(raw)
         fired = []
         for tracker in state.trackers:
             alert = tracker.update(z[tracker.column])
@@ -1316,6 +1365,7 @@ class LiveMonitor:
             else nullcontext()
         )
         inputs = {k: v.to(self.lm.device) for k, v in enc.items()}
+        generate_kwargs = _room_for_last_token(self.lm, generate_kwargs, width + max_new_tokens)
         try:
             with (
                 torch.no_grad(),
@@ -1381,8 +1431,9 @@ class LiveMonitor:
         sequences = out.sequences
         if sequences.shape[1] <= watch.width:
             return
+        last_ids = sequences[:, -1].tolist()
         for state in rows:  # a final end-of-text pick needs no scores
-            if not state.done and int(sequences[state.row, -1]) in watch.eos:
+            if not state.done and last_ids[state.row] in watch.eos:
                 state.done, state.stopped_by = True, "eos"
         if all(state.done for state in rows):
             return
@@ -1405,11 +1456,11 @@ class LiveMonitor:
             )
         if watch.latest is None:
             return
-        offset, chunk = watch.latest
-        ids = sequences[:, -1].tolist()
+        _offset, chunk = watch.latest
+        ids, raw = watch.to_host(chunk, sequences[:, -1])
         for state in rows:
             if not state.done:
-                self._accept(state, ids[state.row], chunk[state.row], watch)
+                self._accept(state, ids[state.row], raw[state.row], watch)
 
     def _finish(self, state: _Row, steering: Mapping[str, float] | None) -> MonitoredReply:
         n = len(self.emotions)
@@ -1464,6 +1515,29 @@ class LiveMonitor:
         finally:
             cancel.set()
             worker.join()
+
+
+def _room_for_last_token(
+    lm: LanguageModel, generate_kwargs: dict[str, Any], length: int
+) -> dict[str, Any]:
+    """``generate_kwargs`` with a static KV cache one position longer than generation needs.
+
+    ``generate`` sizes a static cache for the tokens it feeds back, but the monitor runs one
+    more pass, for the last pick (:meth:`LiveMonitor._score_last`), which would write past
+    the end. Transformers versions without ``max_cache_len`` are left as they are.
+    """
+    try:
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ALL_STATIC_CACHE_IMPLEMENTATIONS
+    except ImportError:
+        return generate_kwargs
+    kind = generate_kwargs.get("cache_implementation")
+    kind = kind or getattr(lm.model.generation_config, "cache_implementation", None)
+    if kind not in ALL_STATIC_CACHE_IMPLEMENTATIONS or "max_cache_len" in generate_kwargs:
+        return generate_kwargs
+    if not hasattr(GenerationConfig(), "max_cache_len"):
+        return generate_kwargs
+    return {**generate_kwargs, "max_cache_len": length}
 
 
 def _eos_ids(lm: LanguageModel) -> list[int]:

@@ -1,0 +1,166 @@
+"""The GPU benchmark script in its CPU toy mode, and the host syncs it counts.
+
+The script is meant for a CUDA machine; here it runs on tiny randomly initialised models so
+that its shape (JSON and markdown) is checked wherever the suite runs. The sync counts are
+checked on the same tiny models: every host read of a device tensor would make a GPU wait.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+sys.path.insert(0, str(BENCH))
+
+import bench_gpu  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The toy Llama of the benchmark, with random vectors and two live monitors."""
+    from emovec.monitor import LiveMonitor
+
+    lm = bench_gpu.build_lm(
+        "llama-toy", bench_gpu.TOY_SHAPES["llama-toy"], torch.device("cpu"), torch.float32
+    )
+    layer = round((lm.n_layers - 1) * 2 / 3)
+    vectors = bench_gpu.random_vectors(lm, layer, 10.0)
+    baseline = bench_gpu._baseline(lm, vectors)
+    monitors = {
+        "monitored, 6 emotions": LiveMonitor(
+            lm, vectors, bench_gpu.SIX, baseline=baseline, hidden=None
+        ),
+        "monitored, 171 emotions": LiveMonitor(lm, vectors, None, baseline=baseline, hidden=None),
+    }
+    return lm, vectors, monitors
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_toy_run_writes_json_and_markdown(tmp_path):
+    out_json, out_md = tmp_path / "gpu.json", tmp_path / "gpu.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_gpu.py"),
+            "--toy",
+            "--models",
+            "llama-toy",
+            "--json",
+            str(out_json),
+            "--md",
+            str(out_md),
+            "--budget-s",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out_json.read_text())
+    assert results["meta"]["toy"] is True and results["meta"]["device"] == "cpu"
+    model = results["models"]["llama-toy"]
+    assert "error" not in model and not model["skipped"]
+
+    settings = model["extraction"]["settings"]
+    assert len(settings) == 2  # two-thirds depth and all layers
+    for setting in settings.values():
+        names = [row["name"] for row in setting["rows"]]
+        assert names[0].startswith("floor") and "emovec" in names
+        assert "transformers output_hidden_states" in names
+        for row in setting["rows"]:
+            assert _positive(row["tokens_per_s"]) and _positive(row["vs_floor"])
+            assert row["peak_gib"] is None  # no GPU memory to report on a CPU
+            error = row["max_rel_diff_vs_hidden_states"]
+            assert error is None or error < 1e-4  # the same means as transformers' own
+
+    batches = [gen["batch"] for gen in model["generation"]]
+    assert batches == [1, 4]
+    for gen in model["generation"]:
+        variants = [row["variant"] for row in gen["rows"]]
+        assert variants[:2] == ["plain", "steered (happy 0.5)"] and len(variants) == 4
+        for row in gen["rows"]:
+            assert _positive(row["tokens_per_s"])
+            if row["variant"] != "plain":
+                low, high = row["overhead_ci95"]
+                assert math.isfinite(row["overhead"]) and low <= high
+            if row["variant"].startswith("monitored"):
+                assert 0 < row["monitor_self_timed_share"] < 1
+
+    for count in model["syncs"]:
+        assert set(count["per_step"]) == {"plain", "steered (happy 0.5)", *variants[2:]}
+        assert all(math.isfinite(v) and v >= 0 for v in count["per_step"].values())
+
+    checks = {c["name"]: c for c in results["compile"]["checks"]}
+    assert len(checks) == 7
+    assert all(
+        c["status"] in {"works", "ignored", "stale", "broken", "error"} for c in checks.values()
+    )
+    # Steering hooks added after torch.compile are invisible unless hooks are guarded.
+    assert checks["same, hooks guarded (skip_nnmodule_hook_guards=False)"]["status"] == "works"
+
+    text = out_md.read_text()
+    assert "| emovec |" in text and "host syncs per decode step" in text
+    assert "Compile and static cache" in text
+
+
+def test_live_monitor_reads_the_device_once_per_decode_step(toy):
+    """Plain generation reads the device itself (transformers' stop check: once a step at
+    batch 1, plus its attention-mask check at larger batches); live monitoring adds one read
+    per step, however many emotions and rows: scores and token ids come back in one copy."""
+    lm, vectors, monitors = toy
+    for batch in (1, 3):
+        counts = bench_gpu.count_syncs(lm, vectors, monitors, batch, np.random.default_rng(0))
+        plain = counts["per_step"]["plain"]
+        assert plain >= 1, counts
+        assert counts["per_step"]["steered (happy 0.5)"] == plain, counts
+        for name in monitors:
+            assert counts["per_step"][name] <= plain + 1, (batch, counts)
+            added = {
+                method: n - counts["by_method"]["plain"].get(method, 0)
+                for method, n in counts["by_method"][name].items()
+            }
+            assert sum(added.values()) <= 1, (batch, name, added)
+
+
+def test_live_scores_on_the_toy_model_equal_reading(toy):
+    """Scores computed on the device and read once per step are still read()'s scores."""
+    from emovec.reading import read
+
+    lm, vectors, monitors = toy
+    live = monitors["monitored, 6 emotions"]
+    prompt = bench_gpu.as_text(list(range(10, 30)))
+    reply = live.generate(prompt, max_new_tokens=6, min_new_tokens=6, chat=False)
+    text = bench_gpu.as_text(lm.encode(prompt) + reply.token_ids)
+    reading = read(lm, vectors, text, emotions=live.emotions)
+    n_prompt = len(lm.encode(prompt))
+    np.testing.assert_allclose(reply.raw, reading.scores[n_prompt:], atol=2e-4)
+
+
+def test_extraction_reads_the_device_once_per_batch_not_per_layer(toy):
+    """Pooling stays on the model's device; reading one layer or all of them costs the same
+    number of host reads per batch."""
+    from emovec.extraction import ExtractionSettings, PooledPass
+
+    lm, _, _ = toy
+    ids = bench_gpu.random_ids(np.random.default_rng(0), 1024, [40, 60, 80, 100])
+    reads = []
+    for layers in ([1], list(range(lm.n_layers))):
+        passer = PooledPass(lm, layers, ExtractionSettings(batch_size=2), workers=1)
+        with bench_gpu.counting_host_reads(lm.device) as counts:
+            for _ in passer.run(ids):
+                pass
+        reads.append(sum(counts.values()))
+    assert reads[0] == reads[1], reads

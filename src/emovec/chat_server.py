@@ -4,6 +4,8 @@ Serves ``GET /v1/models`` and ``POST /v1/chat/completions`` (no streaming), so t
 of that protocol, emovec's own endpoint author included, can use a bundled or local model.
 Requests are answered one at a time (one model, one lock) from a bounded queue: past it a
 request gets 429 with ``Retry-After``. A request's ``seed`` makes its sampling reproducible.
+How an admitted request is answered is a :class:`Backend`; :mod:`emovec.api_server` plugs in
+one that batches requests and steers and scores them, and keeps everything else here.
 
 Safe by default: loopback, the cross-site guard of :mod:`emovec.web_guard` (Host and Origin
 checked; an optional API key), request bodies validated by pydantic models with bounds, a cap
@@ -77,6 +79,98 @@ def control_tokens(lm: LanguageModel) -> list[str]:
     return sorted({t for t in lm.tokenizer.all_special_tokens if t and len(t) > 1}, key=len)
 
 
+def requested_tokens(body) -> int:
+    """The longest reply a validated request asks for (256 when it names no limit)."""
+    return body.max_tokens or body.max_completion_tokens or 256
+
+
+def sampling_settings(body) -> dict[str, Any]:
+    """``generate`` keyword arguments for a request's sampling (temperature 0: greedy)."""
+    temperature = float(body.temperature or 0.0)
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": float(body.top_p or 1.0)}
+
+
+def completion_body(
+    model_id: str, text: str, finish: str, prompt_tokens: int, new_tokens: int
+) -> dict[str, Any]:
+    """A ``chat.completion`` object in the protocol's shape."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": new_tokens,
+            "total_tokens": prompt_tokens + new_tokens,
+        },
+    }
+
+
+class Backend:
+    """How the endpoint answers an admitted request: here one at a time, under one lock.
+
+    Everything before (body size, validation, control tokens, prompt length, the queue) is
+    the endpoint's; a subclass changes only the answer, so servers built on it (batching,
+    steering) keep the same bounds and defences.
+    """
+
+    #: whether ``stream: true`` requests are served (else they get a 400)
+    streaming = False
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self.lock = threading.Lock()
+
+    def request_model(self, base: type) -> type:
+        """The pydantic model of a request; ``base`` is the plain chat request."""
+        return base
+
+    def describe(self, errors: list[dict[str, Any]]) -> str:
+        """One line for a request that failed validation (pydantic's errors)."""
+        return _first_problem(errors)
+
+    def check(self, body) -> str | None:
+        """Why a validated request cannot be served (beyond the endpoint's checks), or None."""
+        return None
+
+    def add_routes(self, app) -> None:
+        """Routes next to ``/v1/models`` and ``/v1/chat/completions`` (none here)."""
+
+    async def respond(self, request, body, prompt_ids: list[int], model_id: str, release):
+        """The answer to one admitted request; ``release()`` frees its queue slot (call it
+        once the work is over; calling it again does nothing)."""
+        import torch
+
+        cancel = threading.Event()
+
+        def run() -> tuple[str, str, int]:
+            with self.lock:
+                if cancel.is_set():
+                    return "", "cancelled", 0
+                return _complete(self.lm, body, prompt_ids, torch, cancel)
+
+        try:
+            work = asyncio.ensure_future(asyncio.to_thread(run))
+            while not work.done():
+                await asyncio.wait({work}, timeout=0.25)
+                if not work.done() and await request.is_disconnected():
+                    cancel.set()  # the client went away: stop at the next token
+            text, finish, new_tokens = await work
+        finally:
+            release()
+        return completion_body(model_id, text, finish, len(prompt_ids), new_tokens)
+
+
 def create_app(
     lm: LanguageModel,
     model_id: str | None = None,
@@ -84,10 +178,12 @@ def create_app(
     port: int = 8000,
     api_key: str | None = None,
     limits: ChatLimits = ChatLimits(),  # noqa: B008 - frozen
+    backend: Backend | None = None,
 ):
-    """The chat endpoint's application for ``lm`` served at ``host:port``, behind the guard."""
-    import torch
+    """The chat endpoint's application for ``lm`` served at ``host:port``, behind the guard.
 
+    ``backend`` answers admitted requests (default: one at a time, :class:`Backend`).
+    """
     from emovec.authoring import need_endpoint_extra
     from emovec.web_guard import Guard, allowed_hosts
 
@@ -97,9 +193,9 @@ def create_app(
     from pydantic import ValidationError
 
     model_id = model_id or lm.name
-    chat_request = _request_models(limits)
+    backend = backend or Backend(lm)
+    chat_request = backend.request_model(_request_models(limits))
     forbidden = control_tokens(lm)
-    lock = threading.Lock()
     queue = {"pending": 0}
     app = FastAPI(title="emovec chat endpoint", version="1", docs_url=None, redoc_url=None)
 
@@ -124,8 +220,9 @@ def create_app(
         try:
             body = chat_request.model_validate_json(raw)
         except ValidationError as exc:
-            return _error(400, _first_problem(exc.errors()))
-        if problem := _check_body(body, model_id, forbidden):
+            return _error(400, backend.describe(exc.errors()))
+        problem = _check_body(body, model_id, forbidden, backend.streaming) or backend.check(body)
+        if problem:
             return _error(400, problem)
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         prompt_ids = lm.tokenizer(lm.format_chat(messages), add_special_tokens=False)["input_ids"]
@@ -141,42 +238,20 @@ def create_app(
                 headers={"Retry-After": str(limits.retry_after_s)},
             )
         queue["pending"] += 1
-        cancel = threading.Event()
+        held = [True]
 
-        def run() -> tuple[str, str, int]:
-            with lock:
-                if cancel.is_set():
-                    return "", "cancelled", 0
-                return _complete(lm, body, prompt_ids, torch, cancel)
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                queue["pending"] -= 1
 
         try:
-            work = asyncio.ensure_future(asyncio.to_thread(run))
-            while not work.done():
-                await asyncio.wait({work}, timeout=0.25)
-                if not work.done() and await request.is_disconnected():
-                    cancel.set()  # the client went away: stop at the next token
-            text, finish, new_tokens = await work
-        finally:
-            queue["pending"] -= 1
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": len(prompt_ids),
-                "completion_tokens": new_tokens,
-                "total_tokens": len(prompt_ids) + new_tokens,
-            },
-        }
+            return await backend.respond(request, body, prompt_ids, model_id, release)
+        except BaseException:
+            release()
+            raise
 
+    backend.add_routes(app)
     return Guard(app, allowed_hosts(host, port), api_key, protected=("/v1",))
 
 
@@ -203,11 +278,11 @@ def _first_problem(errors) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-def _check_body(body, model_id: str, forbidden: list[str]) -> str | None:
+def _check_body(body, model_id: str, forbidden: list[str], streaming: bool = False) -> str | None:
     """Why a validated chat request cannot be served, or None."""
     if body.model not in (None, model_id):
         return f"model {body.model!r} is not served here; this endpoint serves {model_id!r}"
-    if body.stream:
+    if body.stream and not streaming:
         return "streaming is not supported; send stream=false"
     for i, message in enumerate(body.messages):
         for token in forbidden:
@@ -229,17 +304,11 @@ def _complete(
         def __call__(self, input_ids, scores, **kwargs):
             return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
 
-    max_tokens = body.max_tokens or body.max_completion_tokens or 256
-    temperature = float(body.temperature or 0.0)
-    top_p = float(body.top_p or 1.0)
+    max_tokens = requested_tokens(body)
     ids = torch.tensor([prompt_ids])
     if body.seed is not None:
         torch.manual_seed(body.seed)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False}
-    )
+    sampling = sampling_settings(body)
     with torch.no_grad():
         out = lm.model.generate(
             input_ids=ids.to(lm.device),

@@ -81,17 +81,119 @@ def steer(
     for layer in layers:
         vectors.layer_index(layer)  # clear error for a layer the file lacks
     strengths = {vectors.resolve(e): float(s) for e, s in strengths.items()}
-    deltas = {
-        layer: steering_direction(vectors, strengths, layer).to(lm.device, lm.model.dtype)
-        for layer in layers
-    }
+    deltas = {layer: steering_direction(vectors, strengths, layer) for layer in layers}
+    with steer_directions(lm, deltas, positions=positions, prompt_length=prompt_length):
+        yield
+
+
+@contextmanager
+def steer_directions(
+    lm: LanguageModel,
+    directions: Mapping[int, torch.Tensor],
+    positions: str | torch.Tensor = "all",
+    prompt_length: int | None = None,
+    scale: float = 1.0,
+) -> Iterator[None]:
+    """Within the block, add raw vectors (layer -> [d_model]) to the residual stream.
+
+    The addition :func:`steer` makes, for vectors that carry their own scale (a llama.cpp
+    control vector, a hand-made direction); ``scale`` multiplies them all, as llama.cpp's
+    ``--control-vector-scaled FILE:SCALE`` does. Layers are emovec's (output of block L).
+    """
+    if isinstance(positions, str) and positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
+    deltas = {}
+    for layer, direction in directions.items():
+        if tuple(direction.shape) != (lm.d_model,):
+            raise ValueError(
+                f"the vector for layer {layer} has shape {tuple(direction.shape)}, but the "
+                f"model's residual stream is {lm.d_model} wide: use vectors made for this model"
+            )
+        deltas[layer] = (float(scale) * direction.float()).to(lm.device, lm.model.dtype)
 
     def add(layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor:
         mask = _position_mask(positions, offset, hidden, prompt_length)
-        delta = deltas[layer]
+        # to the hidden state's device and dtype: a no-op on one device; with a device map
+        # (accelerate) the layer may sit on another GPU than the embeddings
+        delta = deltas[layer].to(hidden.device, hidden.dtype)
         return hidden + delta if mask is None else hidden + mask * delta
 
-    with residual_hooks(lm.layers, dict.fromkeys(layers, add), edits=True):
+    with residual_hooks(lm.layers, dict.fromkeys(deltas, add), edits=True):
+        yield
+
+
+@contextmanager
+def steer_rows(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    strengths: Sequence[Mapping[str, float] | None],
+    layers: Sequence[Sequence[int] | None] | None = None,
+    positions: str | Sequence[str] = "all",
+    attention_mask: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Within the block, steer each row of a batch with its own strengths (None: unsteered).
+
+    One batched forward pass then serves requests that each want their own steering (the API
+    server batches them this way): row ``r`` gets exactly what :func:`steer` with
+    ``strengths[r]``, ``layers[r]`` (None: the file's steering layer) and ``positions[r]``
+    (one name for all rows, or one per row) gives it when run alone, and an unsteered row gets
+    nothing added. ``attention_mask`` [batch, prompt width] marks left-padded prompts: padding
+    is never steered, and each row's prompt is its own tokens, so ``"prompt"``/``"generated"``
+    split every row where its prompt ends. Without it, rows are unpadded and ``"prompt"``
+    means the positions of a multi-token pass, as in :func:`steer` without ``prompt_length``.
+    """
+    vectors.check_model(lm)
+    n = len(strengths)
+    row_positions = [positions] * n if isinstance(positions, str) else list(positions)
+    row_layers = [None] * n if layers is None else list(layers)
+    if len(row_positions) != n or len(row_layers) != n:
+        raise ValueError(
+            f"steer_rows: {n} rows of strengths but {len(row_positions)} of positions and "
+            f"{len(row_layers)} of layers; give one per row"
+        )
+    for where in row_positions:
+        if where not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, not {where!r}")
+    if attention_mask is not None and attention_mask.shape[0] != n:
+        raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows; strengths has {n}")
+    per_layer: dict[int, torch.Tensor] = {}
+    for row, (wanted, chosen) in enumerate(zip(strengths, row_layers, strict=True)):
+        if not wanted:
+            continue
+        resolved = {vectors.resolve(e): float(s) for e, s in wanted.items()}
+        for layer in dict.fromkeys([vectors.default_steer_layer] if chosen is None else chosen):
+            vectors.layer_index(layer)  # clear error for a layer the file lacks
+            if layer not in per_layer:
+                per_layer[layer] = torch.zeros(n, vectors.d_model)
+            per_layer[layer][row] = steering_direction(vectors, resolved, layer)
+    if not per_layer:  # nothing to add: no hooks at all
+        yield
+        return
+    deltas = {k: v.to(lm.device, lm.model.dtype).unsqueeze(1) for k, v in per_layer.items()}
+    mode = torch.tensor([POSITIONS.index(p) for p in row_positions], device=lm.device)
+    if attention_mask is not None:
+        width = int(attention_mask.shape[1])
+        pads = (attention_mask.to(lm.device).long().cumsum(1) == 0).sum(1)  # left padding
+    else:
+        width, pads = None, torch.zeros(n, dtype=torch.long, device=lm.device)
+
+    def add(layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor:
+        seq = hidden.shape[1]
+        cols = torch.arange(offset, offset + seq, device=hidden.device)
+        real = cols.unsqueeze(0) >= pads.unsqueeze(1)  # [batch, seq]: not padding
+        if width is not None:
+            is_prompt = (cols < width).unsqueeze(0)
+        else:
+            is_prompt = torch.full((1, seq), seq > 1, dtype=torch.bool, device=hidden.device)
+        chosen = torch.where(
+            (mode == 0).unsqueeze(1),
+            real,
+            real & torch.where((mode == 1).unsqueeze(1), is_prompt, ~is_prompt),
+        )
+        delta = deltas[layer].to(hidden.device, hidden.dtype)  # no-op unless device-mapped
+        return hidden + chosen.unsqueeze(-1).to(hidden.dtype) * delta
+
+    with residual_hooks(lm.layers, dict.fromkeys(deltas, add), edits=True):
         yield
 
 

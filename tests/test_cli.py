@@ -229,3 +229,83 @@ def test_info_prints_file_text_as_plain_text(monkeypatch, capsys, vectors, tmp_p
     path = hostile.save(tmp_path / "markup.safetensors")
     code, out, _ = run_cli(monkeypatch, capsys, "info", path)
     assert code == 0 and "evil[/][bold red]x" in out
+
+
+def test_monitor_says_when_it_calibrates_and_ends_its_summary_on_its_own_line(
+    monkeypatch, vectors_file, tmp_path
+):
+    import re
+
+    from typer.testing import CliRunner
+
+    from emovec.cli import app
+    from emovec.models import cache_dir
+
+    cache = tmp_path / "cache"  # no baseline cached yet; the model's own files are shared
+    cache.mkdir()
+    for kind in ("dense", "gguf"):
+        (cache_dir() / kind).mkdir(parents=True, exist_ok=True)
+        (cache / kind).symlink_to(cache_dir() / kind)
+    monkeypatch.setenv("EMOVEC_CACHE", str(cache))
+    texts = tmp_path / "calibration.txt"
+    texts.write_text(
+        "We met at noon to go over the schedule for the week.\n\n"
+        "The report lists the figures for each month and the totals at the end."
+    )
+    args = ["monitor", "-v", str(vectors_file), "Tell me about tea.", "-e", "calm"]
+    args += ["--calibrate-texts", str(texts), "--max-new-tokens", "3"]
+    args += ["--trace", str(tmp_path / "t.jsonl")]
+    first = CliRunner().invoke(app, args)  # live view on, but the output is not a terminal
+    assert first.exit_code == 0, first.output
+    announced = [x for x in first.stderr.splitlines() if x.startswith("calibrating the z-score")]
+    assert len(announced) == 1, first.stderr
+    assert "on 2 texts of" in announced[0] and "roughly" in announced[0]
+    assert re.search(r"^no alerts$", first.stdout, re.M), first.stdout
+    assert re.search(r"^\d+ tokens, stopped by length", first.stdout, re.M), first.stdout
+    again = CliRunner().invoke(app, args)  # cached now: nothing to announce
+    assert again.exit_code == 0 and "calibrating" not in again.output
+    assert f"overwriting {tmp_path / 't.jsonl'}" in again.stderr
+
+
+def test_monitor_never_overwrites_its_default_trace(
+    monkeypatch, vectors_file, baseline_file, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from emovec.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    args = ["monitor", "-v", str(vectors_file), "Hi.", "-e", "calm", "--no-live"]
+    args += ["--baseline", str(baseline_file), "--max-new-tokens", "2"]
+    Path("emovec-trace.jsonl").write_text("an earlier trace\n")
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert Path("emovec-trace.jsonl").read_text() == "an earlier trace\n"
+    assert "trace: emovec-trace-2.jsonl" in first.stdout
+    second = CliRunner().invoke(app, args)
+    assert "trace: emovec-trace-3.jsonl" in second.stdout
+    assert Path("emovec-trace-3.jsonl").stat().st_size > 0
+
+
+def test_models_lists_each_recommended_steering_strength(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    assert code == 0 and "strength: what `emovec steer` uses without -s" in " ".join(out.split())
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ")}
+    assert " 0.5 " in rows["smollm2-135m-instruct"] and " 0.15 " in rows["gemma3-270m"]
+
+
+def test_steer_without_a_strength_uses_the_models_own(monkeypatch, capsys, vectors_file):
+    import dataclasses
+
+    from emovec import models
+
+    assert models.recommended_strength("gemma3-270m") == 0.15
+    assert models.recommended_strength("some/other-model") == models.DEFAULT_STEER_STRENGTH
+    args = ["steer", "-v", vectors_file, "-e", "happy", "--max-new-tokens", "3", "--no-compare"]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "Hello.")
+    assert code == 0 and "steered (happy +0.5)" in out, err
+    assert "strength 0.5 for each emotion (recommended for smollm2-135m-instruct" in err
+    gentler = dataclasses.replace(models.BUILTIN["smollm2-135m-instruct"], steer_strength=0.2)
+    monkeypatch.setitem(models.BUILTIN, "smollm2-135m-instruct", gentler)
+    code, out, _ = run_cli(monkeypatch, capsys, *args, "Hello.")
+    assert code == 0 and "steered (happy +0.2)" in out

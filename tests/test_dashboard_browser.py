@@ -79,6 +79,11 @@ def test_chat_streams_tokens_and_heatmap_cells(page, tmp_path):
     assert reply.locator(".token").first.get_attribute("title").count("z ") == watched
     assert "stopped by length" in reply.locator(".reply-foot").inner_text()
     assert page.locator("#trace-list option").count() >= 1
+    # the timeline's legend names each watched emotion, and the watched ones stand out
+    names = [x.strip() for x in page.locator("#watch-list label.on").all_inner_texts()]
+    assert len(names) == watched and page.inner_text("#watch-count") == f"({watched} on)"
+    keys = reply.locator(".timeline-legend .key").all_inner_texts()
+    assert keys == [*names, "z = 3"]
     shoot(page, tmp_path, "dashboard-chat.png")
 
 

@@ -74,6 +74,14 @@ def test_page_and_info_are_served(server, api):
     assert "afraid" in info["emotions"] and info["layer"] >= 0 and info["limits"]["prompt_chars"]
 
 
+def test_page_has_an_icon_and_timelines_with_axes_and_a_legend(server):
+    assert httpx.get(server.url + "/favicon.ico").status_code == 204
+    assert '<link rel="icon" href="data:,">' in httpx.get(server.url + "/").text
+    script = httpx.get(server.url + "/static/app.js").text
+    for drawn in ('"token index"', '"z-score"', "timeline-legend", 'classList.toggle("on"'):
+        assert drawn in script
+
+
 def test_websocket_streams_tokens_scores_and_writes_a_trace(server, api):
     with ws_client.connect(socket_url(server)) as ws:
         answers = ask(ws, GENERATE)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from emovec import catalog
 from emovec.models import BUILTIN, DEFAULT_MODEL
@@ -118,13 +118,33 @@ ModelOpt = Annotated[
 VectorsOpt = Annotated[Path, typer.Option("--vectors", "-v", help="Vector file (.safetensors).")]
 
 
-def _load(spec: str | None, vectors=None):
+HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="EMOVEC_API_KEY",
+        help="Require this key as 'Authorization: Bearer KEY' (set it when not on loopback).",
+    ),
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="Weights: float32 (default), bfloat16 or float16.")
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map", help="Spread a hub/local model over devices via accelerate, e.g. auto."
+    ),
+]
+
+
+def _load(spec: str | None, vectors=None, dtype: str = "float32", device_map: str | None = None):
     """Load the model named, else the one the vectors were built from, else the default."""
     from emovec.models import load_model
 
     name = spec or (vectors.model.get("name") if vectors is not None else None) or DEFAULT_MODEL
     with err.status(f"loading {name}..."):
-        lm = load_model(name)
+        lm = load_model(name, dtype=dtype, device_map=device_map)
     if vectors is not None:
         vectors.check_model(lm)
     return lm
@@ -159,13 +179,21 @@ def models(
     if fetch:
         fetch_builtin(fetch)
         out.print(f"[green]installed[/] {fetch}")
-    table = Table("name", "installed", "description")
+    from emovec.models import DEFAULT_STEER_STRENGTH
+
+    table = Table("installed", "strength", "description")
+    table.columns.insert(0, Column("name", no_wrap=True, min_width=max(map(len, BUILTIN))))
     for spec in BUILTIN.values():
         mark = "yes" if spec.installed() else "no"
-        name = spec.name + (" (default)" if spec.name == DEFAULT_MODEL else "")
-        table.add_row(name, mark, spec.description)
+        name = spec.name + ("\n(default)" if spec.name == DEFAULT_MODEL else "")
+        table.add_row(name, mark, f"{spec.steer_strength:g}", spec.description)
     out.print(table)
     out.print("Any Hugging Face id, local model folder or .gguf file also works as --model.")
+    out.print(
+        "strength: what `emovec steer` uses without -s (a fraction of the mean residual norm "
+        f"at the steering layer; {DEFAULT_STEER_STRENGTH:g} for other models).",
+        highlight=False,
+    )
 
 
 @command
@@ -184,6 +212,8 @@ def emotions(
 def extract(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the vectors.")],
     model: ModelOpt = None,
+    dtype: DtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
     corpus: Annotated[
         str,
         typer.Option(
@@ -210,6 +240,13 @@ def extract(
     shrinkage: Annotated[
         float, typer.Option(help="Shrinkage of the within-emotion covariance (whitened).")
     ] = 0.3,
+    geometry: Annotated[
+        str,
+        typer.Option(
+            help="Axes of the geometry experiment: split-half (the default: cross-covariance "
+            "of two halves of the stories, only structure that replicates) or pca (the study's)."
+        ),
+    ] = "split-half",
     batch_size: Annotated[
         int | None, typer.Option(help="Texts per forward pass (default: 4 on CPU, 32 on GPU).")
     ] = None,
@@ -223,29 +260,69 @@ def extract(
         bool,
         typer.Option(help="Keep per-text pooled means so re-extraction skips texts seen before."),
     ] = True,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/N: process every N-th text from the i-th and write a partial file to --out "
+            "(combine the N parts with `emovec merge`)."
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run --shards shards as Ray tasks: 'local' starts a local cluster, anything "
+            "else is a cluster address (needs emovec[ray])."
+        ),
+    ] = None,
+    shards: Annotated[int, typer.Option(help="Number of shards with --ray.")] = 2,
 ) -> None:
     """Build emotion vectors from a corpus (one forward pass per batch, all layers)."""
     from emovec.corpus import load_corpus
-    from emovec.extraction import extract as run_extract
+    from emovec.extraction import ExtractionSettings, accumulate, finish
 
     data = load_corpus(corpus)
     if emotion:
         data = data.subset([catalog.resolve(e) for e in emotion])
-    lm = _load(model)
-    vectors = run_extract(
-        lm,
-        data,
-        progress=True,
+    settings = ExtractionSettings(
         layers=_layers(layers),
         start_token=start_token,
         neutral_variance=neutral_variance,
         denoise=denoise,
         reader=reader,
         shrinkage=shrinkage,
+        geometry=geometry,
         batch_size=batch_size,
         holdout_every=holdout_every,
-        cache=cache,
     )
+    settings.check()
+    if ray is not None:
+        from emovec.sharding import extract_on_ray
+
+        if shard is not None:
+            raise typer.BadParameter("give --ray or --shard, not both")
+        vectors = extract_on_ray(
+            model or DEFAULT_MODEL,
+            data,
+            shards,
+            settings,
+            address=None if ray == "local" else ray,
+            cache=cache,
+        )
+    else:
+        lm = _load(model, None, dtype, device_map)
+        if shard is not None:
+            from emovec.sharding import parse_shard, save_partial
+
+            part = accumulate(
+                lm, data, settings, progress=True, cache=cache, shard=parse_shard(shard)
+            )
+            save_partial(part, out_path)
+            out.print(
+                f"wrote partial {out_path} (shard {shard}: {int(part.half_counts.sum())} stories, "
+                f"{part.n_neutral} neutral texts); merge all parts with `emovec merge`"
+            )
+            return
+        vectors = finish(accumulate(lm, data, settings, progress=True, cache=cache))
     vectors.save(out_path)
     out.print(
         f"wrote {out_path}: {len(vectors.emotions)} emotions x {len(vectors.layers)} layers, "
@@ -264,6 +341,22 @@ def extract(
             f"split-half reliability (Spearman-Brown, by {rel['split']}) at that layer: "
             f"vectors {rel['vector'][i]:.3f}, geometry {rel['geometry'][i]:.3f}"
         )
+
+
+@command
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Partial files of `extract --shard i/N`.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the vectors.")],
+) -> None:
+    """Combine the partial files of every shard into one vector file (exact: float64 sums)."""
+    from emovec.sharding import merge_files
+
+    vectors = merge_files(parts)
+    vectors.save(out_path)
+    out.print(
+        f"wrote {out_path}: {len(vectors.emotions)} emotions x {len(vectors.layers)} layers "
+        f"from {len(parts)} shards, default layer {vectors.default_layer}"
+    )
 
 
 @command
@@ -319,6 +412,8 @@ def read(
         Path | None, typer.Option("--file", "-f", help="Read text from a file.")
     ] = None,
     model: ModelOpt = None,
+    dtype: DtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
     layer: Annotated[int | None, typer.Option(help="Layer (default: the file's).")] = None,
     chat: Annotated[bool, typer.Option(help="Wrap as a user turn; read at reply start.")] = False,
     raw: Annotated[bool, typer.Option(help="Raw cosine, without centring.")] = False,
@@ -347,7 +442,7 @@ def read(
     vecs = EmotionVectors.load(vectors)
     if layer is not None:
         vecs.layer_index(layer)
-    lm = _load(model, vecs)
+    lm = _load(model, vecs, dtype, device_map)
     reading = run_read(lm, vecs, text, layer=layer, chat=chat, center=not raw, pool=pool)
     if as_json:
         print(json.dumps(reading.to_dict()))
@@ -378,15 +473,38 @@ def _pairs(emotion: list[str], strength: list[float]) -> dict[str, float]:
     return dict(zip(emotion, strength, strict=True))
 
 
+def _default_strengths(emotions: list[str], model: str) -> dict[str, float]:
+    """Each emotion at the model's recommended strength (``emovec models``), said aloud."""
+    from emovec.models import recommended_strength
+
+    strength = recommended_strength(model)
+    why = f"recommended for {model}" if model in BUILTIN else "the default for other models"
+    err.print(
+        f"strength {strength:g} for each emotion ({why}; -s to choose)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return dict.fromkeys(emotions, strength)
+
+
 @command
 def steer(
     vectors: VectorsOpt,
     prompt: Annotated[str, typer.Argument(help="User message (or plain text with --no-chat).")],
     emotion: Annotated[list[str], typer.Option("--emotion", "-e", help="Repeatable.")],
     strength: Annotated[
-        list[float], typer.Option("--strength", "-s", help="Signed, one per --emotion.")
-    ],
+        list[float] | None,
+        typer.Option(
+            "--strength",
+            "-s",
+            help="Signed, one per --emotion: a fraction of the mean residual norm at the "
+            "steering layer (default: the model's recommended strength, see `emovec models`).",
+        ),
+    ] = None,
     model: ModelOpt = None,
+    dtype: DtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
     layers: Annotated[str | None, typer.Option(help="e.g. 12 or 10-14 (default: file's).")] = None,
     positions: Annotated[str, typer.Option(help="all | prompt | generated")] = "all",
     max_new_tokens: Annotated[int, typer.Option()] = 60,
@@ -403,11 +521,16 @@ def steer(
     if not prompt.strip():
         raise ValueError("empty prompt: give some text to continue")
     vecs = EmotionVectors.load(vectors)
-    strengths = {vecs.resolve(e): s for e, s in _pairs(emotion, strength).items()}
+    names = [vecs.resolve(e) for e in emotion]  # an unknown one fails before the model loads
+    strengths = None
+    if strength:
+        strengths = {vecs.resolve(e): s for e, s in _pairs(emotion, strength).items()}
     chosen = _layers(layers)
     for layer in chosen or []:
         vecs.layer_index(layer)
-    lm = _load(model, vecs)
+    lm = _load(model, vecs, dtype, device_map)
+    if strengths is None:
+        strengths = _default_strengths(names, lm.name)
     kwargs = dict(max_new_tokens=max_new_tokens, chat=chat, temperature=temperature, seed=seed)
     if compare:
         out.print("[bold]unsteered:[/] " + generate(lm, prompt, **kwargs))
@@ -557,7 +680,7 @@ def scorecard(
     from emovec.experiments.scorecard import run_scorecard
 
     vecs, lm = _vectors_and_model(vectors, model)
-    result = run_scorecard(lm, vecs, _layers(layers), results_dir=results, pool=pool)
+    result = run_scorecard(lm, vecs, _layers(layers), results_dir=results, pool=pool, progress=True)
     table = Table(*result.tables[0]["columns"], title=result.tables[0]["title"])
     for row in result.tables[0]["rows"]:
         table.add_row(*[str(x) for x in row])
@@ -596,6 +719,7 @@ def preferences(
         strength=strength,
         layer=layer,
         seed=seed,
+        progress=True,
     )
     _save(result, out_path)
 
@@ -647,7 +771,9 @@ def all(  # noqa: A001 - the subcommand's name
     from emovec.report import build_report
 
     vecs, lm = _vectors_and_model(vectors, model)
-    results = run_all(lm, vecs, out_path, AllSettings(n_activities=activities), log=out.print)
+    results = run_all(
+        lm, vecs, out_path, AllSettings(n_activities=activities), log=out.print, progress=True
+    )
     skipped = getattr(results, "skipped", {})
     context = {"model": vecs.model, "vectors": str(vectors)}
     if skipped:
@@ -780,12 +906,25 @@ def run_(
     if judge_url:
         judge = Judge(judge_url, judge_model, api_key=os.environ.get("EMOVEC_JUDGE_API_KEY"))
     summary = run_study(lm, vecs, study, out_dir, judge=judge, progress=True)
-    table = Table("condition", "n", "rate", "95% CI", "paper")
+    judged = summary.get("judge")
+    table = Table("condition", "n", "rate", "95% CI", "paper", *(["judge"] if judged else []))
     for c in summary["conditions"]:
         paper = "" if c["paper_rate"] is None else f"{c['paper_rate']:.0%}"
         ci = f"{c['ci95'][0]:.0%}-{c['ci95'][1]:.0%}"
-        table.add_row(c["condition"], str(c["n"]), f"{c['rate']:.0%}", ci, paper)
+        row = [c["condition"], str(c["n"]), f"{c['rate']:.0%}", ci, paper]
+        if judged:
+            j = c.get("judge") or {"n": 0, "failed": 0}
+            cell = f"{j['rate']:.0%} (n={j['n']})" if j["n"] else "-"
+            row.append(cell + (f", failed {j['failed']}" if j.get("failed") else ""))
+        table.add_row(*row)
     out.print(table)
+    if judged and judged["failed"]:
+        err.print(
+            f"[yellow]judge failed on {judged['failed']} of {judged['rollouts']} rollouts:[/] "
+            f"{escape(judged['first_error'] or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
     out.print(f"wrote {out_dir}/result.json, rate_vs_strength.png, index.html")
 
 
@@ -814,8 +953,11 @@ def trajectory(
     model: ModelOpt = None,
     max_new_tokens: Annotated[int, typer.Option()] = 80,
 ) -> None:
-    """Emotions across repeated attempts at impossible coding tasks (failing tests fed back)."""
-    from emovec.studies import Condition, run_trajectory
+    """Emotions across repeated attempts at impossible coding tasks (failing tests fed back).
+
+    Into a study folder (of `study run`), its page and result.json are refreshed to show it.
+    """
+    from emovec.studies import Condition, rebuild_outputs, run_trajectory
     from emovec.vectors import EmotionVectors
 
     vecs = EmotionVectors.load(vectors)
@@ -834,6 +976,9 @@ def trajectory(
         values = " -> ".join(f"{v:+.3f}" for v in result["mean"]["at_reply_start"][e])
         out.print(f"{e} at reply start, by attempt: {values}")
     out.print(f"wrote {out_dir}/trajectory.json and trajectory.png")
+    if (out_dir / "study.json").is_file():
+        rebuild_outputs(out_dir)
+        out.print(f"refreshed {out_dir}/index.html and result.json")
 
 
 # --- live monitor and dashboard ------------------------------------------------------------
@@ -851,6 +996,18 @@ def _watched(vecs, emotion: list[str] | None) -> list[str]:
     return chosen or vecs.emotions[:6]
 
 
+def _calibration_estimate(lm, layer: int, tokens: int) -> str:
+    """A rough duration of one forward pass over ``tokens`` up to ``layer`` (two FLOPs per
+    weight and token at a rate typical of the device), so that users know whether to wait."""
+    import torch
+
+    from emovec.progress import duration
+
+    weights = sum(p.numel() for block in lm.layers[: layer + 1] for p in block.parameters())
+    rate = 1e13 if lm.device.type == "cuda" else 8e9 * torch.get_num_threads()
+    return duration(2 * weights * tokens / rate)
+
+
 def _baseline(lm, vecs, layer, baseline, calibrate_texts, calibrate_limit):
     from emovec.monitor import Baseline, calibrate
 
@@ -865,8 +1022,27 @@ def _baseline(lm, vecs, layer, baseline, calibrate_texts, calibrate_limit):
         except OSError as exc:
             raise ValueError(f"cannot read {calibrate_texts}: {exc.strerror}") from exc
         texts = [line for line in raw.split("\n\n") if line.strip()]
-    with err.status("calibrating (once; cached)..."):
-        found = calibrate(lm, vecs, texts=texts, layer=layer, limit=calibrate_limit)
+    source = "neutral dialogues" if texts is None else f"texts of {calibrate_texts}"
+    at = vecs.default_layer if layer is None else layer
+
+    def announce(n_texts: int, n_tokens: int) -> None:
+        err.print(
+            f"calibrating the z-score baseline on {n_texts} {source} ({n_tokens} tokens, "
+            f"roughly {_calibration_estimate(lm, at, n_tokens)}; once: the result is cached)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    found = calibrate(
+        lm,
+        vecs,
+        texts=texts,
+        layer=layer,
+        limit=calibrate_limit,
+        on_start=announce,
+        progress=True,
+    )
     if baseline is not None:
         found.save(baseline)
     return found
@@ -902,11 +1078,37 @@ def _live_view(events, emotions: list[str], alerts: list[str]):
     return Group(Text("colour = top emotion (bold: z>=2)  ") + legend, stream, table, fired)
 
 
+#: Where `emovec monitor` writes its trace when not told (numbered when it exists).
+DEFAULT_TRACE = Path("emovec-trace.jsonl")
+
+
+def _trace_path(trace: Path | None) -> Path:
+    """The trace file: one named is overwritten (and said so); the default never is."""
+    if trace is not None:
+        if trace.exists():
+            err.print(f"overwriting {trace}", markup=False, highlight=False, soft_wrap=True)
+        return trace
+    path, n = DEFAULT_TRACE, 1
+    while path.exists():
+        n += 1
+        path = DEFAULT_TRACE.with_name(f"{DEFAULT_TRACE.stem}-{n}{DEFAULT_TRACE.suffix}")
+    if n > 1:
+        err.print(
+            f"writing the trace to {path} ({DEFAULT_TRACE} exists)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return path
+
+
 @command
 def monitor(
     vectors: VectorsOpt,
     prompt: Annotated[str, typer.Argument(help="User message (or plain text with --no-chat).")],
     model: ModelOpt = None,
+    dtype: DtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
     emotion: Annotated[
         list[str] | None, typer.Option("--emotion", "-e", help="Emotions to watch; repeatable.")
     ] = None,
@@ -919,7 +1121,14 @@ def monitor(
         ),
     ] = None,
     layer: Annotated[int | None, typer.Option(help="Layer (default: the file's).")] = None,
-    trace: Annotated[Path, typer.Option(help="JSONL trace to write.")] = Path("emovec-trace.jsonl"),
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"JSONL trace to write; overwritten if it exists. Default: {DEFAULT_TRACE}, "
+            f"or the first free {DEFAULT_TRACE.stem}-2{DEFAULT_TRACE.suffix}, -3, ... so that "
+            "no earlier trace is lost (the name is printed)."
+        ),
+    ] = None,
     baseline: Annotated[
         Path | None, typer.Option(help="Baseline JSON: used if it exists, else written.")
     ] = None,
@@ -935,9 +1144,16 @@ def monitor(
     chat: Annotated[bool, typer.Option(help="Format as a chat turn.")] = True,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
-    live: Annotated[bool, typer.Option(help="Live terminal view (off: print at the end).")] = True,
+    live: Annotated[
+        bool,
+        typer.Option(help="Live terminal view (off, or output not a terminal: print at the end)."),
+    ] = True,
 ) -> None:
-    """Generate while watching emotions live: z-scores, alerts, hidden states, a JSONL trace."""
+    """Generate while watching emotions live: z-scores, alerts, hidden states, a JSONL trace.
+
+    Without a baseline file it calibrates one first (said on stderr, with an estimate of the
+    time; cached). The default trace file is never overwritten: see --trace.
+    """
     from rich.live import Live
 
     from emovec.monitor import AlertRule, LiveMonitor, _parse_strengths
@@ -951,8 +1167,9 @@ def monitor(
     watched = _watched(vecs, emotion)
     if layer is not None:
         vecs.layer_index(layer)
-    lm = _load(model, vecs)
+    lm = _load(model, vecs, dtype, device_map)
     base = _baseline(lm, vecs, layer, baseline, calibrate_texts, calibrate_limit)
+    trace = _trace_path(trace)
     watcher = LiveMonitor(lm, vecs, emotions=watched, layer=layer, baseline=base, rules=rules)
     events, fired = [], []
 
@@ -967,7 +1184,7 @@ def monitor(
 
     kwargs = dict(max_new_tokens=max_new_tokens, chat=chat, temperature=temperature, seed=seed)
     view = None
-    if live:
+    if live and out.is_terminal:  # elsewhere a live view only prints its last frame, unended
         with Live(
             _live_view(events, watcher.emotions, fired), console=out, refresh_per_second=8
         ) as view:
@@ -1039,6 +1256,35 @@ def serve(
     out.print(f"emovec dashboard on {url}", markup=False, highlight=False)
     out.print(f"(data folder: {data.resolve()}; open the URL above, token included)", markup=False)
     run_server(lm, vecs, data_dir=data, host=host, port=port, baseline=base, token=token)
+
+
+@command
+def api(
+    vectors: VectorsOpt,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = "float32",
+    device_map: DeviceMapOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
+    max_batch: Annotated[
+        int, typer.Option(min=1, max=64, help="Requests generated together (1: one at a time).")
+    ] = 8,
+    batch_window_ms: Annotated[
+        float, typer.Option(min=0, max=1000, help="How long a request waits for neighbours.")
+    ] = 15.0,
+) -> None:
+    """OpenAI-compatible chat endpoint with per-request steering and per-token scores."""
+    from emovec.api_server import ApiLimits
+    from emovec.api_server import serve as serve_api
+    from emovec.vectors import EmotionVectors
+
+    vecs = EmotionVectors.load(vectors)
+    lm = _load(model, vecs, dtype, device_map)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone can use it")
+    limits = ApiLimits(max_batch=max_batch, batch_window_s=batch_window_ms / 1000)
+    serve_api(lm, vecs, host=host, port=port, api_key=api_key, limits=limits)
 
 
 # --- corpus writing: `emovec corpus stories|neutral|serve` -------------------------------------
@@ -1221,15 +1467,9 @@ def _report_finish(folder: Path, kind: str) -> None:
 @_corpus_command("serve")
 def corpus_serve(
     model: ModelOpt = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="EMOVEC_API_KEY",
-            help="Require this key as 'Authorization: Bearer KEY' (set it when not on loopback).",
-        ),
-    ] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Serve a model as an OpenAI-compatible chat endpoint (/v1/chat/completions)."""
     from emovec.chat_server import serve
@@ -1237,6 +1477,99 @@ def corpus_serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone can use it")
     serve(_load(model), host=host, port=port, api_key=api_key)
+
+
+# --- other tools' formats (emovec export / import ...) ---------------------------------------
+
+export_app = typer.Typer(no_args_is_help=True, help="Write emotion steering for other tools.")
+app.add_typer(export_app, name="export")
+import_app = typer.Typer(no_args_is_help=True, help="Read and use other tools' steering files.")
+app.add_typer(import_app, name="import")
+
+
+@group_command(export_app, "llama-cpp")
+def export_llama_cpp(
+    vectors: VectorsOpt,
+    emotion: Annotated[list[str], typer.Option("--emotion", "-e", help="Repeatable.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Control vector (.gguf).")],
+    strength: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--strength",
+            "-s",
+            help="Signed, one per --emotion (default: the model's recommended strength).",
+        ),
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="e.g. 12 or 10-14, all >= 1 (default: file's).")
+    ] = None,
+) -> None:
+    """A llama.cpp control vector: `--control-vector-scaled F.gguf:1` = `emovec steer`."""
+    from emovec.llama_cpp import export_control_vector, read_control_vector
+    from emovec.vectors import EmotionVectors
+
+    vecs = EmotionVectors.load(vectors)
+    if strength:
+        strengths = _pairs(emotion, strength)
+    else:
+        names = [vecs.resolve(e) for e in emotion]
+        strengths = _default_strengths(names, str(vecs.model.get("name", "")))
+    path = export_control_vector(vecs, strengths, out_path, layers=_layers(layers))
+    cv = read_control_vector(path)
+    label = ", ".join(f"{e} {s:+g}" for e, s in cv.emovec.get("emotions", {}).items())
+    layer_list = ", ".join(map(str, cv.directions))
+    out.print(f"wrote {path} ({label}; layers {layer_list})", highlight=False, soft_wrap=True)
+    out.print(
+        f"use: llama-cli -m MODEL.gguf --control-vector-scaled {path}:1",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@group_command(import_app, "llama-cpp")
+def import_llama_cpp(
+    path: Annotated[Path, typer.Argument(help="Control vector (.gguf) from emovec or others.")],
+    model: ModelOpt = None,
+    prompt: Annotated[str | None, typer.Option(help="Generate a steered reply to this.")] = None,
+    scale: Annotated[float, typer.Option(help="As llama.cpp's --control-vector-scaled.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option()] = 60,
+    chat: Annotated[bool, typer.Option(help="Format as a chat turn.")] = True,
+    compare: Annotated[bool, typer.Option(help="Also print the unsteered reply.")] = True,
+) -> None:
+    """Show what a control vector holds; with --prompt, generate steered by it."""
+    from emovec.llama_cpp import apply_control_vector, check_control_vector, read_control_vector
+    from emovec.steering import generate
+
+    cv = read_control_vector(path)
+    made_for = cv.emovec.get("model") or ""
+    out.print(
+        f"{path}: {len(cv.directions)} layers, d_model {cv.d_model}, model hint "
+        f"{cv.model_hint or '-'}" + (f", made by emovec for {made_for}" if made_for else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if cv.emovec.get("emotions"):
+        emotions = ", ".join(f"{e} {s:+g}" for e, s in cv.emovec["emotions"].items())
+        out.print(f"emotions: {emotions}", highlight=False, soft_wrap=True)
+    table = Table("layer", "norm")
+    for layer, norm in cv.norms().items():
+        table.add_row(str(layer), f"{norm:.3f}")
+    out.print(table)
+    if prompt is None and model is None:
+        return
+    if prompt is not None and not prompt.strip():
+        raise ValueError("empty prompt: give some text to continue")
+    lm = _load(model or (made_for if made_for in BUILTIN else None))
+    check_control_vector(cv, lm)
+    out.print(f"fits {lm.name} ({lm.n_layers} layers, d_model {lm.d_model})", highlight=False)
+    if prompt is None:
+        return
+    kwargs = dict(max_new_tokens=max_new_tokens, chat=chat)
+    if compare:
+        out.print("[bold]unsteered:[/] " + escape(generate(lm, prompt, **kwargs)))
+    with apply_control_vector(lm, path, scale=scale):
+        reply = generate(lm, prompt, **kwargs)
+    out.print(f"[bold]steered (x{scale:g}):[/] " + escape(reply))
 
 
 def main() -> None:

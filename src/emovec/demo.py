@@ -188,8 +188,10 @@ def main_job_params(lm) -> dict[str, Any]:
 
 
 def _same_method(vectors: EmotionVectors, lm) -> bool:
+    from emovec.extraction import ADDED_PARAMS
+
     wanted = main_job_params(lm)
-    return all(vectors.params.get(k) == v for k, v in wanted.items())
+    return all(vectors.params.get(k, ADDED_PARAMS.get(k)) == v for k, v in wanted.items())
 
 
 def bundled_vectors(lm, corpus) -> EmotionVectors | None:
@@ -272,7 +274,12 @@ def run_experiments(
     plot_heldout(held, vectors.default_layer, out_dir / "heldout" / "heldout_accuracy.png")
     console.print("[bold]experiments[/] (settings: emovec.experiments.AllSettings)")
     results = run_all(
-        lm, vectors, out_dir / "experiments", settings or AllSettings(), log=console.print
+        lm,
+        vectors,
+        out_dir / "experiments",
+        settings or AllSettings(),
+        log=console.print,
+        progress=True,
     )
     return {
         name: {"summary": r.summary, "seconds": r.settings.get("seconds")}
@@ -286,7 +293,7 @@ def run_scorecard_section(lm, vectors: EmotionVectors, out_dir: Path, console: C
     from emovec.experiments.scorecard import run_scorecard
 
     started = time.perf_counter()
-    result = run_scorecard(lm, vectors, results_dir=out_dir)
+    result = run_scorecard(lm, vectors, results_dir=out_dir, progress=True)
     result.settings["seconds"] = round(time.perf_counter() - started, 1)
     result.save(out_dir / "experiments" / "scorecard")
     table = Table(*result.tables[0]["columns"], title=result.tables[0]["title"])
@@ -317,7 +324,7 @@ def run_case_studies(lm, vectors: EmotionVectors, out_dir: Path, console: Consol
             rollouts=CASE_ROLLOUTS,
             max_new_tokens=CASE_TOKENS,
         )
-        summary = run_study(lm, vectors, study, out_dir / "studies" / name)
+        summary = run_study(lm, vectors, study, out_dir / "studies" / name, progress=True)
         rates[name] = {c["condition"]: [c["k"], c["n"]] for c in summary["conditions"]}
         console.print(
             f"case study {name}: " + ", ".join(f"{c}: {k}/{n}" for c, (k, n) in rates[name].items())
@@ -367,7 +374,7 @@ def run_demo(
         console.print(f"[bold]{name}[/]: {replies[0][:150]}")
     _write_json(out_dir / "steering.json", steered)
 
-    check = steering_sentiment(lm, vectors, samples_per_prompt=samples_per_prompt)
+    check = steering_sentiment(lm, vectors, samples_per_prompt=samples_per_prompt, progress=True)
     _write_json(out_dir / "steering_sentiment.json", check.to_dict())
     console.print(
         f"sentiment (VADER) of replies: {check.mean_sentiment}; "

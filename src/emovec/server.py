@@ -315,6 +315,11 @@ def create_app(
     def index() -> Response:
         return page_file("index.html")
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        # The page names an inline icon; a browser that asks anyway gets "no content", not 404.
+        return Response(status_code=204)
+
     @app.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in WEB_FILES:

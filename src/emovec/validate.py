@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from emovec.models import LanguageModel
+from emovec.progress import count_progress
 from emovec.steering import generate, steer
 from emovec.vectors import EmotionVectors
 
@@ -78,8 +79,11 @@ def steering_sentiment(
     samples_per_prompt: int = 2,
     max_new_tokens: int = 32,
     seed: int = 0,
+    progress: bool = False,
 ) -> SteeringSentiment:
-    """Generate under +positive, +negative and no steering; compare VADER sentiment."""
+    """Generate under +positive, +negative and no steering; compare VADER sentiment.
+
+    ``progress`` shows each condition's batch as it finishes (minutes on a CPU)."""
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     outputs: dict[str, list[str]] = {}
     conditions = {
@@ -87,11 +91,13 @@ def steering_sentiment(
         f"+{positive}": {positive: strength},
         f"+{negative}": {negative: strength},
     }
-    for name, strengths in conditions.items():
-        with steer(lm, vectors, strengths, layers=layers):
-            outputs[name] = generate(
-                lm, batch, max_new_tokens=max_new_tokens, temperature=0.8, seed=seed
-            )
+    with count_progress(len(conditions), "steering check", "conditions", progress) as tick:
+        for name, strengths in conditions.items():
+            with steer(lm, vectors, strengths, layers=layers):
+                outputs[name] = generate(
+                    lm, batch, max_new_tokens=max_new_tokens, temperature=0.8, seed=seed
+                )
+            tick(1)
     scores = {name: sentiment(texts) for name, texts in outputs.items()}
     return SteeringSentiment(
         positive=positive,

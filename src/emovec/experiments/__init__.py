@@ -84,8 +84,12 @@ def run_all(
     out_dir: str | Path,
     settings: AllSettings | None = None,
     log: Callable[[str], Any] = print,
+    progress: bool = False,
 ) -> AllResults:
     """Run every experiment on ``lm``/``vectors``; each lands in ``out_dir/<name>``.
+
+    ``progress`` shows progress inside the long ones (preferences), so that a run logged to a
+    file is not silent for minutes.
 
     An experiment the vector file cannot serve (it raises :class:`ExperimentError`, e.g. a file
     built with ``extract -e ...`` that lacks emotions the experiment needs) is skipped, not
@@ -121,6 +125,7 @@ def run_all(
             n_steered=s.n_steered,
             n_opponents=s.n_opponents,
             seed=s.seed,
+            progress=progress,
         ),
         "posttrain": lambda: posttrain.run_posttrain(
             lm,

@@ -28,6 +28,7 @@ from emovec.experiments.common import ExperimentError, pick_emotions, resolve_la
 from emovec.experiments.result import Result, pyplot
 from emovec.hooks import backbone, residual_hooks
 from emovec.models import LanguageModel
+from emovec.progress import count_progress
 from emovec.stats import MIN_N, TOO_FEW, correlation_ci, describe_correlation, shown_correlation
 from emovec.steering import steer
 from emovec.vectors import EmotionVectors
@@ -320,6 +321,7 @@ def run_preferences(
     steer_layer: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> Result:
     """Elo of the activities, probe-Elo correlations, steering effects and Elo stability.
 
@@ -327,7 +329,8 @@ def run_preferences(
     Steering: for each emotion, ``n_steered`` seeded activities are steered (strength
     ``strength`` on their own tokens only) against ``n_opponents`` seeded other activities, in
     both orders; each steered activity's Elo is refitted from those pairs with every other
-    rating fixed, and compared with the same fit on the unsteered pairs.
+    rating fixed, and compared with the same fit on the unsteered pairs. ``progress`` counts
+    the pairs asked (minutes on a CPU).
     """
     import time
 
@@ -350,54 +353,60 @@ def run_preferences(
     prompt = build_prompt(lm, [row["activity"] for row in acts])
     runner = ChoiceRunner(lm, prompt, vectors, layer, batch_size)
 
-    started = time.perf_counter()
     pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
-    margins = runner.run(pairs)
-    base_seconds = time.perf_counter() - started
-    elo, bias = fit_bradley_terry(n, pairs, margins)
+    n_steer = min(n_steered, n)
+    per_emotion = 2 * n_steer * min(n_opponents, n - n_steer or n)  # both orders
+    total = len(pairs) + len(steer_emotions) * per_emotion
+    with count_progress(total, "preferences", "pairs", progress) as tick:
+        started = time.perf_counter()
+        margins = runner.run(pairs)
+        tick(len(pairs))
+        base_seconds = time.perf_counter() - started
+        elo, bias = fit_bradley_terry(n, pairs, margins)
 
-    # Stability: split the unordered pairs (both orders together) into two disjoint halves.
-    unordered = [(a, b) for a in range(n) for b in range(a + 1, n)]
-    half = set(rng.permutation(len(unordered))[: len(unordered) // 2].tolist())
-    index = {p: k for k, p in enumerate(pairs)}
-    halves = []
-    for part in (True, False):
-        keep = [
-            k
-            for u, (a, b) in enumerate(unordered)
-            if (u in half) == part
-            for k in (index[(a, b)], index[(b, a)])
-        ]
-        halves.append(fit_bradley_terry(n, [pairs[k] for k in keep], margins[keep])[0])
-    stability = _spearman(*halves)
+        # Stability: split the unordered pairs (both orders together) into two disjoint halves.
+        unordered = [(a, b) for a in range(n) for b in range(a + 1, n)]
+        half = set(rng.permutation(len(unordered))[: len(unordered) // 2].tolist())
+        index = {p: k for k, p in enumerate(pairs)}
+        halves = []
+        for part in (True, False):
+            keep = [
+                k
+                for u, (a, b) in enumerate(unordered)
+                if (u in half) == part
+                for k in (index[(a, b)], index[(b, a)])
+            ]
+            halves.append(fit_bradley_terry(n, [pairs[k] for k in keep], margins[keep])[0])
+        stability = _spearman(*halves)
 
-    probes = np.stack([runner.probes[a] for a in range(n)])  # [n, E]
-    corr = {e: _pearson(probes[:, i], elo) for i, e in enumerate(vectors.emotions)}
+        probes = np.stack([runner.probes[a] for a in range(n)])  # [n, E]
+        corr = {e: _pearson(probes[:, i], elo) for i, e in enumerate(vectors.emotions)}
 
-    # Steering on the activity tokens only.
-    steered_items = sorted(rng.choice(n, min(n_steered, n), replace=False).tolist())
-    pool = [i for i in range(n) if i not in steered_items] or list(range(n))
-    opponents = sorted(rng.choice(pool, min(n_opponents, len(pool)), replace=False).tolist())
-    started = time.perf_counter()
-    deltas: dict[str, float] = {}
-    per_item: dict[str, list[float]] = {}
-    for e in steer_emotions:
-        spec = ({e: strength}, steer_layer)
-        changes = []
-        as_a = {i: [(i, j) for j in opponents if j != i] for i in steered_items}
-        margins_a = {i: runner.run(as_a[i], steer_a=spec) for i in steered_items}
-        as_b_pairs = [(j, i) for j in opponents for i in steered_items if j != i]
-        margins_b = runner.run(as_b_pairs, steer_b=spec)
-        for i in steered_items:
-            own = as_a[i] + [p for p in as_b_pairs if p[1] == i]
-            new = np.concatenate(
-                [margins_a[i], margins_b[[k for k, p in enumerate(as_b_pairs) if p[1] == i]]]
-            )
-            old = margins[[index[p] for p in own]]
-            changes.append(fit_one(i, own, new, elo, bias) - fit_one(i, own, old, elo, bias))
-        deltas[e] = float(np.mean(changes))
-        per_item[e] = changes
-    steer_seconds = time.perf_counter() - started
+        # Steering on the activity tokens only.
+        steered_items = sorted(rng.choice(n, min(n_steered, n), replace=False).tolist())
+        pool = [i for i in range(n) if i not in steered_items] or list(range(n))
+        opponents = sorted(rng.choice(pool, min(n_opponents, len(pool)), replace=False).tolist())
+        started = time.perf_counter()
+        deltas: dict[str, float] = {}
+        per_item: dict[str, list[float]] = {}
+        for e in steer_emotions:
+            spec = ({e: strength}, steer_layer)
+            changes = []
+            as_a = {i: [(i, j) for j in opponents if j != i] for i in steered_items}
+            margins_a = {i: runner.run(as_a[i], steer_a=spec) for i in steered_items}
+            as_b_pairs = [(j, i) for j in opponents for i in steered_items if j != i]
+            margins_b = runner.run(as_b_pairs, steer_b=spec)
+            for i in steered_items:
+                own = as_a[i] + [p for p in as_b_pairs if p[1] == i]
+                new = np.concatenate(
+                    [margins_a[i], margins_b[[k for k, p in enumerate(as_b_pairs) if p[1] == i]]]
+                )
+                old = margins[[index[p] for p in own]]
+                changes.append(fit_one(i, own, new, elo, bias) - fit_one(i, own, old, elo, bias))
+            deltas[e] = float(np.mean(changes))
+            per_item[e] = changes
+            tick(sum(map(len, as_a.values())) + len(as_b_pairs))
+        steer_seconds = time.perf_counter() - started
     shared = [e for e in steer_emotions if not math.isnan(corr[e])]
     relation = _pearson([corr[e] for e in shared], [deltas[e] for e in shared])
 

@@ -13,7 +13,7 @@ them (see :mod:`emovec.extraction`: defaults follow label-free criteria).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -27,6 +27,7 @@ from emovec.experiments import geometry, implicit, sweeps
 from emovec.experiments.common import ExperimentError, check_compatible, pick_emotions
 from emovec.experiments.result import Result, pyplot
 from emovec.models import LanguageModel
+from emovec.progress import count_progress
 from emovec.reading import POOLS, cosine_scores, pooled_positions, residuals
 from emovec.vectors import EmotionVectors
 
@@ -155,9 +156,23 @@ def layer_checks(
     layers: Sequence[int],
     pool: str = "all",
     other: dict[str, list[float]] | None = None,
+    progress: bool = False,
 ) -> dict[str, list[float]]:
     """Every cheap check's value at every layer (``other``: other-style top-1/top-5 per layer
-    already measured, to skip that pass)."""
+    already measured, to skip that pass; ``progress``: count its steps, minutes on a CPU)."""
+    with count_progress(3 + len(layers), "scorecard", "steps", progress) as tick:
+        return _layer_checks(lm, vectors, layers, pool, other, tick)
+
+
+def _layer_checks(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    layers: Sequence[int],
+    pool: str,
+    other: dict[str, list[float]] | None,
+    tick: Callable[[int], None],
+) -> dict[str, list[float]]:
+    """:func:`layer_checks`, calling ``tick(1)`` after each pass and each layer's geometry."""
     templates = list(sweeps.STUDY_SWEEPS)
     pick_emotions(
         vectors, sorted({e for t in templates for e in t.expect}), "the scorecard's sweeps"
@@ -165,10 +180,13 @@ def layer_checks(
     pick_emotions(vectors, [e for e, _ in implicit.SCENARIOS], "the scorecard's implicit scenarios")
     per_template = sweeps.sweep_scores(lm, vectors, templates, layers)
     agreements = sweeps.agreement_by_layer(templates, per_template, vectors.emotions)
+    tick(1)
     targets, scen = implicit.scenario_scores(lm, vectors, implicit.SCENARIOS, layers)
     strengths = implicit.strength_by_layer(vectors, targets, scen)
+    tick(1)
     if other is None:
         other = other_style_accuracy(lm, vectors, layers, pools=(pool,))[pool]
+    tick(1)
     rel = vectors.metrics.get("reliability") or {}
     held = vectors.metrics.get("heldout") or {}
     out: dict[str, list[float]] = {c.key: [] for c in CHECKS}
@@ -190,6 +208,7 @@ def layer_checks(
         out["heldout_top5"].append(_at(held, "top5", layer))
         out["other_top1"].append(other["top1"][li])
         out["other_top5"].append(other["top5"][li])
+        tick(1)
     return out
 
 
@@ -247,8 +266,10 @@ def run_scorecard(
     layers: Sequence[int] | None = None,
     results_dir: str | Path | None = None,
     pool: str = "all",
+    progress: bool = False,
 ) -> Result:
-    """Every check per layer, and the verdicts at the default layer."""
+    """Every check per layer, and the verdicts at the default layer (``progress``: show the
+    steps of the per-layer checks)."""
     check_compatible(lm, vectors)
     layers = (
         list(vectors.layers)
@@ -257,7 +278,7 @@ def run_scorecard(
     )
     if vectors.default_layer not in layers:
         layers = sorted({*layers, vectors.default_layer})
-    per_layer = layer_checks(lm, vectors, layers, pool)
+    per_layer = layer_checks(lm, vectors, layers, pool, progress=progress)
     at = layers.index(vectors.default_layer)
     extra = results_checks(results_dir)
     rows, metrics = [], {}

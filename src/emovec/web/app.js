@@ -130,11 +130,17 @@ function startReply(label, emotions, steer) {
   for (const e of emotions) names.append(el("div", { text: e, style: `color:${colourOf(e)}` }));
   const grid = el("div", { class: "heatmap" });
   grid.style.gridTemplateRows = `repeat(${emotions.length}, 10px)`;
-  const canvas = el("canvas", { class: "timeline", width: "600", height: "110" });
+  const canvas = el("canvas", { class: "timeline", width: "600", height: "140" });
+  const legend = el("div", { class: "timeline-legend" });
+  for (const e of emotions) {
+    legend.append(el("span", { class: "key", style: `color:${colourOf(e)}` },
+      el("i", { style: `background:${colourOf(e)}` }), e));
+  }
+  legend.append(el("span", { class: "key threshold" }, el("i"), "z = 3"));
   const steerText = Object.entries(steer || {}).map(([e, s]) => `${e} ${s >= 0 ? "+" : ""}${s}`).join(", ");
   const box = el("div", { class: "reply", "data-label": label },
     el("div", { class: "reply-label", text: label + (steerText ? ` (steered: ${steerText})` : "") }),
-    tokens, el("div", { class: "heatmap-wrap" }, names, grid), canvas,
+    tokens, el("div", { class: "heatmap-wrap" }, names, grid), canvas, legend,
     el("div", { class: "reply-foot" }));
   (state.turn || newTurn("(replay)", false)).append(box);
   const reply = { box, tokens, grid, canvas, emotions, z: [], spans: [] };
@@ -165,18 +171,45 @@ function addToken(reply, record) {
   for (const alert of record.fired || []) logAlert(alert, record.label || "");
 }
 
+// Plot area inside the timeline canvas: room on the left and below for the axes' labels.
+const PLOT = { left: 36, right: 8, top: 6, bottom: 28, lo: -2, hi: 6 };
+
+function drawAxes(g, w, h, n, dx, y) {
+  const { left, top } = PLOT;
+  g.font = "10px system-ui, sans-serif"; g.fillStyle = "#6b6b70"; g.lineWidth = 1;
+  g.textAlign = "right"; g.textBaseline = "middle";
+  for (let v = PLOT.lo; v <= PLOT.hi; v += 2) {  // z ticks and faint grid lines
+    g.strokeStyle = v === 0 ? "#bbb" : "#eee";
+    g.beginPath(); g.moveTo(left, y(v)); g.lineTo(left + w, y(v)); g.stroke();
+    g.fillText(String(v), left - 4, y(v));
+  }
+  g.setLineDash([4, 3]); g.strokeStyle = "#f3b0b0";  // the usual alert level
+  g.beginPath(); g.moveTo(left, y(3)); g.lineTo(left + w, y(3)); g.stroke(); g.setLineDash([]);
+  g.strokeStyle = "#999";
+  g.beginPath(); g.moveTo(left, top); g.lineTo(left, top + h); g.lineTo(left + w, top + h); g.stroke();
+  const step = Math.max(1, Math.ceil(n / 10 / 5) * 5);  // token ticks at multiples of 5
+  g.textAlign = "center"; g.textBaseline = "top";
+  for (let t = 0; t < n; t += step) g.fillText(String(t), left + t * dx + dx / 2, top + h + 3);
+  g.fillText("token index", left + w / 2, top + h + 15);
+  g.save(); g.translate(9, top + h / 2); g.rotate(-Math.PI / 2);
+  g.textBaseline = "middle"; g.fillText("z-score", 0, 0); g.restore();
+}
+
 function drawTimeline(reply) {
   const c = reply.canvas, g = c.getContext("2d");
-  const w = c.width, h = c.height, lo = -2, hi = 6;
-  const y = (v) => h - ((Math.max(lo, Math.min(hi, v)) - lo) / (hi - lo)) * h;
-  g.clearRect(0, 0, w, h);
-  g.strokeStyle = "#ddd"; g.beginPath(); g.moveTo(0, y(0)); g.lineTo(w, y(0)); g.stroke();
-  g.setLineDash([4, 3]); g.strokeStyle = "#f3b0b0";
-  g.beginPath(); g.moveTo(0, y(3)); g.lineTo(w, y(3)); g.stroke(); g.setLineDash([]);
+  if (c.clientWidth && c.width !== c.clientWidth) c.width = c.clientWidth;  // crisp text
+  const w = c.width - PLOT.left - PLOT.right, h = c.height - PLOT.top - PLOT.bottom;
+  const { lo, hi } = PLOT;
+  const y = (v) => PLOT.top + h - ((Math.max(lo, Math.min(hi, v)) - lo) / (hi - lo)) * h;
+  g.clearRect(0, 0, c.width, c.height);
   const n = Math.max(reply.z.length, 24), dx = w / n;
+  drawAxes(g, w, h, n, dx, y);
   reply.emotions.forEach((e, i) => {
     g.strokeStyle = colourOf(e); g.lineWidth = 1.5; g.beginPath();
-    reply.z.forEach((row, t) => { const px = t * dx + dx / 2; t ? g.lineTo(px, y(row[i])) : g.moveTo(px, y(row[i])); });
+    reply.z.forEach((row, t) => {
+      const px = PLOT.left + t * dx + dx / 2;
+      t ? g.lineTo(px, y(row[i])) : g.moveTo(px, y(row[i]));
+    });
     g.stroke();
   });
 }
@@ -271,6 +304,12 @@ async function replay() {
   if (replyInfo.text !== undefined) finishReply(reply, { ...replyInfo, label: "replay", trace: name });
 }
 
+function showWatched(chip, box) {  // a ticked emotion stands out, and the header counts them
+  chip.classList.toggle("on", box.checked);
+  chip.title = box.checked ? "watched: untick to stop" : "not watched: tick to watch";
+  $("watch-count").textContent = `(${watched().length} on)`;
+}
+
 async function init() {
   state.info = await (await api("/api/info")).json();
   const info = state.info;
@@ -278,7 +317,10 @@ async function init() {
   for (const e of info.emotions) {
     const box = el("input", { type: "checkbox", value: e });
     box.checked = info.watch.includes(e);
-    $("watch-list").append(el("label", { style: `color:${colourOf(e)}` }, box, " " + e));
+    const chip = el("label", { style: `color:${colourOf(e)}` }, box, " " + e);
+    box.addEventListener("change", () => showWatched(chip, box));
+    $("watch-list").append(chip);
+    showWatched(chip, box);
   }
   for (const p of info.positions) $("steer-positions").append(el("option", { value: p, text: p }));
   addSteerRow(info.emotions.includes("calm") ? "calm" : info.emotions[0], 0);

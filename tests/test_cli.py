@@ -206,7 +206,7 @@ def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vec
     import emovec.experiments as experiments
     from emovec.experiments import AllResults, skipped_section
 
-    def fake_run_all(_lm, vecs, out_dir, _settings, log=print):
+    def fake_run_all(_lm, vecs, out_dir, _settings, log=print, **_options):
         results = AllResults()
         results.skipped["sweeps"] = "the severity sweeps needs emotions the vector file lacks: x"
         skipped_section(results.skipped, vecs).save(Path(out_dir) / "skipped")

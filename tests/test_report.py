@@ -1,7 +1,6 @@
 """The report: the main job's sentiment check and readings as sections, the model as readable
 rows, and `experiment all` on a vector file that lacks emotions some experiments need."""
 
-import dataclasses
 import json
 
 from emovec.experiments import AllSettings, Result, load_result, run_all
@@ -106,11 +105,7 @@ def test_context_rows_flatten_mappings():
 
 
 def _subset(vectors, names):
-    idx = [vectors.emotions.index(n) for n in names]
-    readers = None if vectors.readers is None else vectors.readers[:, idx]
-    return dataclasses.replace(
-        vectors, vectors=vectors.vectors[:, idx], emotions=list(names), readers=readers
-    )
+    return vectors.subset(names)
 
 
 def test_run_all_skips_what_a_subset_file_cannot_run(lm, vectors, tmp_path):

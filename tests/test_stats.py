@@ -1,7 +1,6 @@
 """Confidence intervals of correlations (Fisher z), and principal components kept within the
 rank of the data, so small samples are not read as findings."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -65,11 +64,7 @@ def test_pca_refuses_components_beyond_the_rank():
 
 
 def _subset(vectors, names):
-    idx = [vectors.emotions.index(n) for n in names]
-    readers = None if vectors.readers is None else vectors.readers[:, idx]
-    return dataclasses.replace(
-        vectors, vectors=vectors.vectors[:, idx], emotions=list(names), readers=readers
-    )
+    return vectors.subset(names)
 
 
 def test_geometry_of_five_emotions_has_four_components_and_intervals(vectors, tmp_path):

@@ -89,3 +89,17 @@ def test_repr_is_one_short_line_without_tensors(vectors):
     assert f"layers 0..29, default layer {vectors.default_layer}" in text
     assert "corpus='curated-test-subset'" in text
     assert str(vectors) == text
+
+
+def test_subset_keeps_each_emotions_rows_and_drops_whole_set_geometry(vectors):
+    import dataclasses
+
+    with_axes = dataclasses.replace(
+        vectors, geometry_scores=torch.zeros(len(vectors.layers), len(vectors.emotions), 3)
+    )
+    few = with_axes.subset(["sad", "happy"])
+    assert few.emotions == ["sad", "happy"]
+    assert torch.equal(few.vectors[:, 1], vectors.vectors[:, vectors.emotions.index("happy")])
+    if vectors.readers is not None:
+        assert torch.equal(few.readers[:, 0], vectors.readers[:, vectors.emotions.index("sad")])
+    assert few.geometry_scores is None

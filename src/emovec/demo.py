@@ -19,7 +19,7 @@ from rich.table import Table
 from emovec.corpus import load_corpus
 from emovec.extraction import extract
 from emovec.files import write_atomic
-from emovec.models import DEFAULT_MODEL, load_model
+from emovec.models import DEFAULT_MODEL, load_model, recommended_strength
 from emovec.reading import read
 from emovec.steering import generate, steer
 from emovec.validate import steering_sentiment
@@ -43,13 +43,9 @@ CASE_STUDIES: dict[str, tuple[str, float]] = {
     "sycophancy": ("happy", 0.1),
 }
 CASE_ROLLOUTS, CASE_TOKENS = 2, 48
-STEER_CONDITIONS: dict[str, dict[str, float]] = {
-    "none": {},
-    "+happy": {"happy": 0.5},
-    "+sad": {"sad": 0.5},
-    "+angry": {"angry": 0.5},
-    "+calm": {"calm": 0.5},
-}
+#: Emotions the main job steers towards, one at a time, at the model's recommended strength
+#: (:func:`emovec.models.recommended_strength`: small models break at different strengths).
+STEER_EMOTIONS = ("happy", "sad", "angry", "calm")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -367,14 +363,18 @@ def run_demo(
     _write_json(out_dir / "readings.json", readings)
 
     steered: dict[str, dict[str, str]] = {}
-    for name, strengths in STEER_CONDITIONS.items():
+    strength = recommended_strength(model)
+    conditions = {"none": {}} | {f"+{e}": {e: strength} for e in STEER_EMOTIONS}
+    for name, strengths in conditions.items():
         with steer(lm, vectors, strengths):
             replies = generate(lm, STEER_PROMPTS, max_new_tokens=40)
         steered[name] = dict(zip(STEER_PROMPTS, replies, strict=True))
         console.print(f"[bold]{name}[/]: {replies[0][:150]}")
     _write_json(out_dir / "steering.json", steered)
 
-    check = steering_sentiment(lm, vectors, samples_per_prompt=samples_per_prompt, progress=True)
+    check = steering_sentiment(
+        lm, vectors, strength=strength, samples_per_prompt=samples_per_prompt, progress=True
+    )
     _write_json(out_dir / "steering_sentiment.json", check.to_dict())
     console.print(
         f"sentiment (VADER) of replies: {check.mean_sentiment}; "

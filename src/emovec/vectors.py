@@ -117,6 +117,20 @@ class EmotionVectors:
     def resolve(self, emotion: str) -> str:
         return catalog.resolve(emotion, self.emotions)
 
+    def subset(self, emotions: list[str]) -> EmotionVectors:
+        """The same vectors for fewer emotions (in the order given). The split-half geometry
+        axes are dropped: they were the axes of the whole set, and PCA applies instead."""
+        from dataclasses import replace
+
+        idx = [self.emotions.index(self.resolve(e)) for e in emotions]
+        return replace(
+            self,
+            vectors=self.vectors[:, idx],
+            emotions=[self.emotions[i] for i in idx],
+            readers=None if self.readers is None else self.readers[:, idx],
+            geometry_scores=None,
+        )
+
     def at(self, layer: int | None = None) -> torch.Tensor:
         """All emotion vectors at one layer: [n_emotions, d_model]."""
         return self.vectors[self.layer_index(layer)]

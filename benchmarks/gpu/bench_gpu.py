@@ -863,6 +863,23 @@ def run_model(name: str, shape: dict[str, Any], device, dtype, sizes, budget: Bu
     return result
 
 
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version (from nvidia-smi), or None where it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
 def environment(device: torch.device, dtype, toy: bool) -> dict[str, Any]:
     import transformers
 
@@ -875,6 +892,9 @@ def environment(device: torch.device, dtype, toy: bool) -> dict[str, Any]:
         "dtype": str(dtype).replace("torch.", ""),
         "toy": toy,
         "cpu_threads": torch.get_num_threads(),
+        "cuda_runtime": torch.version.cuda,
+        "driver": gpu_driver() if device.type == "cuda" else None,
+        "date": time.strftime("%Y-%m-%d"),
     }
     try:
         from importlib.metadata import version
@@ -905,7 +925,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"# emovec GPU benchmark ({'toy models, ' if meta['toy'] else ''}{meta['device']}"
         f"{', ' + meta['gpu'] if meta.get('gpu') else ''})",
         "",
-        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['dtype']}, "
+        f"{meta.get('date', '')} torch {meta['torch']} (CUDA {meta.get('cuda_runtime')}, driver "
+        f"{meta.get('driver') or '-'}), transformers {meta['transformers']}, {meta['dtype']}, "
         f"steering-vectors {meta.get('steering_vectors') or 'not installed'}; "
         f"{results.get('seconds', '?')} s in all.",
         "",

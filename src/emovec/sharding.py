@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,30 +156,14 @@ def merge(parts: Sequence[PartialSums]) -> PartialSums:
         if order
         else first.held.new_zeros((0, *first.held.shape[1:]))
     )
-    return _merged(first, parts, add, held, order)
-
-
-def _merged(first: PartialSums, parts, add, held: torch.Tensor, order) -> PartialSums:
-    """One PartialSums of the whole corpus: tensors added, held-out stories in corpus order."""
-    return PartialSums(
-        layers=first.layers,
-        emotions=first.emotions,
-        settings=first.settings,
-        corpus=first.corpus,
-        model=first.model,
-        split=first.split,
-        sums=add("sums"),
-        counts=add("counts"),
-        half_sums=add("half_sums"),
-        half_counts=add("half_counts"),
+    # Tensors added in shard order, held-out stories in corpus order, counts summed.
+    return replace(
+        first,
+        **{name: add(name) for name in _TENSORS if name != "held"},
         held=held,
         held_ids=[i for i, _, _ in order],
         held_labels=[parts[p].held_labels[r] for _, p, r in order],
-        story_scatter=add("story_scatter"),
-        scatter=add("scatter"),
-        total=add("total"),
         n_neutral=sum(p.n_neutral for p in parts),
-        norm_sum=add("norm_sum"),
         norm_count=sum(p.norm_count for p in parts),
         tokens=sum(p.tokens for p in parts),
         padded_tokens=sum(p.padded_tokens for p in parts),

@@ -103,3 +103,5 @@ def test_subset_keeps_each_emotions_rows_and_drops_whole_set_geometry(vectors):
     if vectors.readers is not None:
         assert torch.equal(few.readers[:, 0], vectors.readers[:, vectors.emotions.index("sad")])
     assert few.geometry_scores is None
+    with pytest.raises(VectorFileError, match="use subset"):
+        dataclasses.replace(with_axes, emotions=["happy"], vectors=vectors.vectors[:, :1])

@@ -68,6 +68,19 @@ class EmotionVectors:
     #: Split-half cross-covariance scores [n_layers, n_emotions, k], when built with them.
     geometry_scores: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # Split-half axes belong to one set of emotions and layers: a copy with fewer
+        # emotions must drop them (see subset), never carry them misaligned.
+        if self.geometry_scores is not None and tuple(self.geometry_scores.shape[:2]) != (
+            len(self.layers),
+            len(self.emotions),
+        ):
+            raise VectorFileError(
+                f"geometry_scores have shape {tuple(self.geometry_scores.shape)} but the vectors "
+                f"have {len(self.layers)} layers and {len(self.emotions)} emotions; use "
+                "subset() to keep fewer emotions"
+            )
+
     def __repr__(self) -> str:
         """One line (no tensors): model, emotions, layers, default layers, corpus."""
         n = len(self.emotions)

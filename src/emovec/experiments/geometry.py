@@ -160,9 +160,7 @@ def geometry_metrics(vectors: EmotionVectors, layer: int, seed: int = 0, n_init:
     x = vectors.reading_directions(layer).double().numpy()  # what `read` scores against
     method = "pca"
     ratios, _, scores = pca(x)
-    if vectors.geometry_scores is not None and vectors.geometry_scores.shape[1] == len(
-        vectors.emotions
-    ):
+    if vectors.geometry_scores is not None:
         # Split-half cross-covariance axes (params.geometry = "split-half"): only structure
         # that replicates across two halves of the stories.
         method = "split-half"

@@ -46,7 +46,6 @@ from emovec.chat_server import (
 )
 from emovec.hooks import residual_hooks
 from emovec.models import LanguageModel
-from emovec.monitor import _eos_ids
 from emovec.reading import cosine_scores
 from emovec.steering import POSITIONS, steer_rows
 from emovec.vectors import EmotionVectors
@@ -290,7 +289,7 @@ class Batcher:
             raise ValueError("max_batch must be at least 1")
         self.lm, self.vectors = lm, vectors
         self.max_batch, self.window_s = max_batch, max(0.0, float(window_s))
-        self.eos = _eos_ids(lm)
+        self.eos = lm.eos_ids
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None

@@ -258,6 +258,14 @@ class LanguageModel:
         return next(self.model.parameters()).device
 
     @property
+    def eos_ids(self) -> list[int]:
+        """Token ids that end a reply (the generation config's, else the tokenizer's)."""
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        return [int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None]
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 

@@ -1200,7 +1200,7 @@ class LiveMonitor:
         self._mean, self._scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
         self._score = CosineScorer(lm, vectors, self.emotions, self.layer, center)
         self.hidden = hidden
-        self.eos_ids = _eos_ids(lm)
+        self.eos_ids = lm.eos_ids
         self.vocab_size = int(lm.model.get_input_embeddings().num_embeddings)
         body = backbone(lm.model)
         takes_cache = "cache" in inspect.signature(body.forward).parameters
@@ -1538,10 +1538,3 @@ def _room_for_last_token(
     if not hasattr(GenerationConfig(), "max_cache_len"):
         return generate_kwargs
     return {**generate_kwargs, "max_cache_len": length}
-
-
-def _eos_ids(lm: LanguageModel) -> list[int]:
-    ids = lm.model.generation_config.eos_token_id
-    if ids is None:
-        ids = lm.tokenizer.eos_token_id
-    return [int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None]

@@ -6,11 +6,12 @@ setup:  ## venv + CPU torch + emovec[dev] + the default model, dequantised and c
 run:    ## the main job: vectors for the default model, validated, read and steered
 	.venv/bin/emovec run
 
-test:   ## the whole test suite (real forward passes on the bundled model)
-	.venv/bin/python -m pytest -q
+test:   ## the whole test suite (real forward passes on the bundled model), with line coverage
+	.venv/bin/python -m pytest -q --cov=emovec --cov-report=term:skip-covered
 
-lint:
+lint:   ## ruff, and mypy (strict) on the core and shared services
 	.venv/bin/ruff check src tests benchmarks scripts && .venv/bin/ruff format --check src tests benchmarks scripts
+	.venv/bin/python -m mypy
 
 bench:  ## speed and memory, measured side by side as ratios (see docs/performance.md)
 	.venv/bin/python -m pip install -q --no-deps steering-vectors==0.12.2

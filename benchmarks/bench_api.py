@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from emovec.api_server import ApiLimits, create_api_app
+from emovec.apps.api_server import ApiLimits, create_api_app
 from emovec.models import load_model
 from emovec.vectors import EmotionVectors
 

@@ -35,9 +35,17 @@ import numpy as np
 import torch
 
 from emovec.catalog import emotions
+from emovec.generation import generate
 from emovec.models import load_model
-from emovec.monitor import AlertRule, LiveMonitor, calibrate
-from emovec.steering import generate
+from emovec.monitor import (
+    DEFAULT_WATCH,
+    AlertRule,
+    LiveMonitor,
+    RowState,
+    TraceWriter,
+    Watcher,
+    calibrate,
+)
 from emovec.vectors import EmotionVectors
 
 PROMPT = "Tell me about your day."
@@ -70,25 +78,22 @@ def median_s(fn, calls: int) -> float:
 def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
     """Each piece the monitor adds, timed alone: hook, per-token work, last-token pass."""
     from emovec.hooks import run_to_layer
-    from emovec.monitor import TraceWriter, _Row, _RuleTracker, _Watch
 
     hidden = torch.randn(1, 1, lm.d_model)
-    scoring = _Watch(live, [_Row(0, "p", [])], 0, None, None)
+    scoring = Watcher(live, [RowState(0, "p")], 0)
 
     def hook() -> None:
         scoring.score(live.layer, hidden, 40)
 
-    column = {e: i for i, e in enumerate(live.emotions)}
     writer = TraceWriter(Path(tmp) / "components.jsonl", live.meta())
     ids = lm.encode(" The rain had stopped by the time we reached the station, and the")
     raw = np.random.default_rng(0).normal(0, 0.05, len(live.emotions)).astype(np.float32)
 
     def per_token() -> None:
-        trackers = [_RuleTracker(r, column[r.emotion], 0) for r in live.rules]
-        state = _Row(0, "p", trackers)
-        watch = _Watch(live, [state], 0, writer.token, None)
+        state = live.new_row(0, "p")  # with a tracker per rule
+        watch = Watcher(live, [state], 0, on_token=writer.token)
         for token in ids:
-            live._accept(state, token, raw, watch)
+            watch.accept(state, token, raw)
         writer.flush()  # token lines are serialised at flush time: count that too
 
     one = torch.tensor([[ids[0]]])
@@ -117,9 +122,7 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
     The scoring hook (and so the per-token work that follows it) runs on every other decode
     step; a pre-forward hook stamps each step. Which parity is scored alternates per run.
     """
-    from emovec.monitor import _Watch
-
-    original = _Watch.score
+    original = Watcher.score
     calls = {"n": 0, "phase": 0}
 
     def every_other(self, layer, hidden, offset):
@@ -131,7 +134,7 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
     stamps: list[float] = []
     handle = live.lm.model.register_forward_pre_hook(lambda *_: stamps.append(time.perf_counter()))
     scored, unscored = [], []
-    _Watch.score = every_other
+    Watcher.score = every_other
     try:
         for run in range(runs):
             calls.update(n=0, phase=run % 2)
@@ -141,7 +144,7 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
             for i in range(1, len(steps)):  # 0 is the prefill; pass i is hook call i + 1
                 (scored if (i + 1) % 2 == calls["phase"] else unscored).append(steps[i])
     finally:
-        _Watch.score = original
+        Watcher.score = original
         handle.remove()
     on, off = np.array(scored), np.array(unscored)
     return {
@@ -165,7 +168,7 @@ def main() -> None:
     lm = load_model()
     vectors = EmotionVectors.load(args.vectors) if args.vectors else random_vectors(lm)
     baseline = calibrate(lm, vectors, limit=4, max_tokens=128, cache=False)
-    watched = ["desperate", "afraid", "angry", "sad", "calm", "happy"]
+    watched = list(DEFAULT_WATCH)
     rules = [AlertRule("desperate", "level", 3.0), AlertRule("afraid", "rise", 2.0)]
     monitors = {
         "6 emotions, 2 rules, trace": LiveMonitor(lm, vectors, watched, None, baseline, rules),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from emovec.demo import MAIN_HOLDOUT
+from emovec.apps.pipeline import MAIN_HOLDOUT
 from emovec.extraction import extract
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.vectors import EmotionVectors

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from emovec.apps.server import HEADLESS_CHROMIUM_ARGS, Dashboard, ServerThread
 from emovec.models import load_model
 from emovec.monitor import calibrate
-from emovec.server import HEADLESS_CHROMIUM_ARGS, Dashboard, ServerThread
 from emovec.vectors import EmotionVectors
 
 

@@ -49,7 +49,7 @@ def api_vectors(lm, request):
 def server(lm, api_vectors):
     """The API on a free loopback port; a long batching window so concurrent requests of a
     loaded test machine still meet in one batch."""
-    from emovec.api_server import ApiLimits, create_api_app
+    from emovec.apps.api_server import ApiLimits, create_api_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,9 +121,10 @@ def alone(lm, vectors, text: str, options: dict | None = None) -> list[int]:
 
 
 def reading_scores(lm, vectors, ids: list[int], emotions: list[str]) -> np.ndarray:
-    """Per-token scores [tokens, emotions] as emovec.reading computes them (its residuals
-    and cosine, centred) for an exact token sequence."""
-    from emovec.reading import cosine_scores, residuals
+    """Per-token scores [tokens, emotions] as emovec.reading computes them (its residuals,
+    emovec.scoring's cosine, centred) for an exact token sequence."""
+    from emovec.reading import residuals
+    from emovec.scoring import cosine_scores
 
     layer = vectors.default_layer
     mean = vectors.mean_activation[vectors.layer_index(layer)]
@@ -204,6 +205,40 @@ def test_plain_request_is_the_models_own_greedy_reply(lm, api_vectors, client):
     assert reply.usage.completion_tokens == len(expected) == TOKENS
     assert reply.choices[0].finish_reason == "length"
     assert "emovec" not in (reply.model_extra or {})  # a plain request gets a plain reply
+
+
+def test_sampled_requests_honour_their_seed_and_top_p(lm, client):
+    """Both endpoints sample as a request says: its seed replays its reply, and a nucleus so
+    small that it keeps only the likeliest token gives the greedy reply."""
+    import asyncio
+
+    from emovec.apps.chat_server import create_app
+
+    messages = [{"role": "user", "content": PLAIN}]
+    plain = create_app(lm, host="127.0.0.1", port=8000)
+
+    def chat_endpoint(**params) -> str:
+        async def ask() -> httpx.Response:
+            transport = httpx.ASGITransport(app=plain)
+            url = "http://127.0.0.1:8000"
+            async with httpx.AsyncClient(transport=transport, base_url=url) as c:
+                body = {"messages": messages, "max_tokens": TOKENS, **params}
+                return await c.post("/v1/chat/completions", json=body)
+
+        answer = asyncio.run(ask())
+        assert answer.status_code == 200, answer.text
+        return answer.json()["choices"][0]["message"]["content"]
+
+    def api_endpoint(**params) -> str:
+        reply = client.chat.completions.create(
+            model=lm.name, messages=messages, max_tokens=TOKENS, **params
+        )
+        return reply.choices[0].message.content
+
+    for ask in (chat_endpoint, api_endpoint):
+        first = ask(temperature=1.5, seed=7)
+        assert ask(temperature=1.5, seed=7) == first, ask
+        assert ask(temperature=1.5, top_p=1e-6, seed=3) == ask(), ask
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_tokens_alone(
@@ -368,7 +403,7 @@ def _message(lm, client, options: dict) -> str:
 def test_cli_api_command_is_registered():
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     result = CliRunner().invoke(app, ["api", "--help"])
     assert result.exit_code == 0

@@ -17,9 +17,11 @@ import pytest
 
 import emovec
 from emovec import authoring as A
-from emovec import catalog
+from emovec import catalog, openai_compat
 from emovec.catalog import UnknownEmotionError
 from emovec.corpus import CorpusError, load_corpus
+from emovec.errors import MissingDependencyError
+from emovec.openai_compat import EndpointError
 
 #: A tiny but real design: 3 emotions x 2 topics, batches of 2 (3 batches), a few tokens each.
 TINY = dict(emotions=["calm", "angry", "lonely"], n_topics=2, tokens=6, batch=2)
@@ -77,10 +79,11 @@ def test_design_orders_requests_so_a_partial_run_covers_every_emotion():
 def test_bad_design_input_gets_clear_errors(tmp_path):
     with pytest.raises(UnknownEmotionError, match="Did you mean"):
         A.StoryDesign(["hapy"], ["t"])
-    with pytest.raises(A.AuthoringError, match="cannot read topic file"):
+    with pytest.raises(A.AuthoringError, match="cannot read topic file .*missing.txt: No such"):
         A.load_topics(tmp_path / "missing.txt")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(A.AuthoringError, match="UTF-8"):
+    # every read error names UTF-8 in its advice: match the decoding failure itself
+    with pytest.raises(A.AuthoringError, match="bin.txt: 'utf-8' codec can't decode.*UTF-8"):
         A.load_topics(tmp_path / "bin.txt")
     (tmp_path / "empty.txt").write_text("# only a comment\n\n")
     with pytest.raises(A.AuthoringError, match="no topics"):
@@ -90,6 +93,10 @@ def test_bad_design_input_gets_clear_errors(tmp_path):
     assert len(A.load_topics()) == 100 and A.load_topics(limit=3) == catalog.topics()[:3]
     with pytest.raises(A.AuthoringError, match="min words"):
         A.StoryDesign(["happy"], ["t"], min_words=50, max_words=40)
+    with pytest.raises(A.AuthoringError, match="at least 1"):
+        A.load_topics(limit=0)
+    with pytest.raises(A.AuthoringError, match="unknown prompts version 'v0'"):
+        A.StoryDesign(["happy"], ["t"]).requests("v0")
 
 
 # ----------------------------------------------------------------------------- parsing, filters
@@ -195,11 +202,32 @@ def test_reply_log_drops_a_half_written_last_line_and_refuses_a_damaged_middle(t
         A.ReplyLog(path)
 
 
+def test_atomic_writes_explain_a_full_disk_and_leave_no_file(tmp_path, monkeypatch):
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(A.AuthoringError, match="disk full while writing .*m.json: the generated"):
+        A.write_json_atomic(tmp_path / "m.json", {"a": 1})
+    with pytest.raises(A.AuthoringError, match="rerun the same command"):
+        A.write_jsonl_atomic(tmp_path / "r.jsonl", [{"a": 1}])
+
+    def denied(fd):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "fsync", denied)
+    with pytest.raises(OSError) as other:  # not a full disk: not dressed up as one
+        A.write_json_atomic(tmp_path / "m.json", {"a": 1})
+    assert not isinstance(other.value, A.AuthoringError)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_killed_run_resumes_to_the_same_corpus(lm, reference, tmp_path):
     """SIGKILL a real CLI run once some replies exist; rerunning gives the same corpus."""
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     folder = tmp_path / "killed"
     args = ["corpus", "stories", "-o", str(folder), "--n-topics", str(TINY["n_topics"])]
@@ -207,7 +235,7 @@ def test_killed_run_resumes_to_the_same_corpus(lm, reference, tmp_path):
     args += ["--stories-per-topic", "1", "--min-words", "1", "--max-words", "1000"]
     args += ["--max-new-tokens", str(TINY["tokens"]), "--batch-size", str(TINY["batch"])]
     env = {**os.environ, "PYTHONPATH": str(Path(emovec.__file__).parents[1])}
-    code = "from emovec.cli import main; main()"
+    code = "from emovec.apps.cli import main; main()"
     stderr = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
@@ -288,6 +316,10 @@ def test_written_corpus_is_what_extract_takes(lm, reference):
 # ----------------------------------------------------------------------------- endpoint author
 
 
+#: Finish reasons of the answers ``chat_endpoint`` gave, in order (``stop``, ``cancelled``...).
+ENDPOINT_FINISHES: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def chat_endpoint(lm):
     """emovec's own chat endpoint serving the real bundled model on a loopback port."""
@@ -295,12 +327,20 @@ def chat_endpoint(lm):
 
     import uvicorn
 
-    from emovec.chat_server import create_app
+    from emovec.apps.chat_server import Backend, create_app
+
+    class Recording(Backend):
+        """The default backend, noting each answer's finish reason."""
+
+        async def respond(self, request, body, prompt_ids, model_id, release):
+            answer = await super().respond(request, body, prompt_ids, model_id, release)
+            ENDPOINT_FINISHES.append(answer["choices"][0]["finish_reason"])
+            return answer
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(lm, host="127.0.0.1", port=port)
+    app = create_app(lm, host="127.0.0.1", port=port, backend=Recording(lm))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -316,7 +356,7 @@ def chat_endpoint(lm):
 def test_endpoint_author_writes_with_a_real_model_behind_a_real_server(lm, chat_endpoint, tmp_path):
     import httpx
 
-    from emovec.steering import generate
+    from emovec.generation import generate
 
     assert httpx.get(f"{chat_endpoint}/models").json()["data"][0]["id"] == lm.name
     bad = httpx.post(f"{chat_endpoint}/chat/completions", json={"messages": []})
@@ -390,6 +430,7 @@ def test_chat_endpoint_cancels_a_reply_whose_client_left(lm, chat_endpoint):
         "messages": [{"role": "user", "content": "Count to a thousand."}],
         "max_tokens": 2000,
     }
+    before = len(ENDPOINT_FINISHES)
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url, json=long_reply, timeout=2.0)
@@ -398,6 +439,11 @@ def test_chat_endpoint_cancels_a_reply_whose_client_left(lm, chat_endpoint):
     answer = httpx.post(url, json=quick, timeout=60)
     assert answer.status_code == 200
     assert time.monotonic() - started < 30
+    # and it was cancelled, not merely short: a reply that ended by itself would also pass above
+    deadline = time.monotonic() + 5
+    while len(ENDPOINT_FINISHES) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ENDPOINT_FINISHES[before:].count("cancelled") == 1, ENDPOINT_FINISHES[before:]
 
 
 def test_chat_endpoint_queue_is_bounded(lm):
@@ -405,7 +451,7 @@ def test_chat_endpoint_queue_is_bounded(lm):
 
     import httpx
 
-    from emovec.chat_server import ChatLimits, create_app
+    from emovec.apps.chat_server import ChatLimits, create_app
 
     app = create_app(lm, limits=ChatLimits(queue=1), host="127.0.0.1", port=8000)
 
@@ -460,7 +506,7 @@ def _completion(text: str) -> bytes:
 
 def _one_request_run(url: str, folder: Path, **kw) -> A.RunResult:
     design = A.StoryDesign(["calm"], ["A train is late"], per_topic=1, min_words=20)
-    author = A.EndpointAuthor(url, "m", max_retries=2, backoff=0.01, timeout=5, **kw)
+    author = A.EndpointAuthor(url, "m", **{"max_retries": 2, "backoff": 0.01, "timeout": 5} | kw)
     return A.write_corpus(folder, design, author, A.Sampling(max_new_tokens=8), seed=0)
 
 
@@ -470,6 +516,35 @@ def test_endpoint_429_with_retry_after_then_success(scripted, tmp_path):
     result = _one_request_run(url, tmp_path)
     assert result.complete and result.counts["accepted"] == 1
     assert _Scripted.seen[1] - _Scripted.seen[0] >= 0.3  # Retry-After was honoured
+
+
+def test_endpoint_backoff_grows_between_retries(scripted, tmp_path):
+    """Without Retry-After, waits are backoff * 2**attempt * [0.5, 1]: at least 0.1 s, then
+    at least 0.2 s here; the last failure is an AuthoringError that says the run resumes."""
+    _, url = scripted
+    _Scripted.script = [(503, {}, b"overloaded")]
+    with pytest.raises(A.AuthoringError, match="gave up after 3 tries: HTTP 503.*rerun the same"):
+        _one_request_run(url, tmp_path, backoff=0.2)
+    seen = _Scripted.seen
+    assert len(seen) == 3 and seen[1] - seen[0] >= 0.1 and seen[2] - seen[1] >= 0.2
+
+
+def test_endpoint_refusal_is_not_retried(scripted, tmp_path):
+    _, url = scripted
+    _Scripted.script = [(401, {}, b"bad key")]
+    with pytest.raises(A.AuthoringError, match="refused the request: HTTP 401: bad key") as err:
+        _one_request_run(url, tmp_path)
+    assert A.RESUME_ADVICE in str(err.value)
+    assert isinstance(err.value.__cause__, EndpointError)
+    assert len(_Scripted.seen) == 1
+
+
+def test_endpoint_helpers_are_the_shared_ones():
+    """``need_endpoint_extra`` and ``public_url`` stay importable here, as the shared ones."""
+    assert A.need_endpoint_extra is openai_compat.need_extra
+    assert A.public_url is openai_compat.public_url
+    with pytest.raises(MissingDependencyError, match=r"pip install 'emovec\[endpoint\]'"):
+        A.need_endpoint_extra("emovec_no_such_module")
 
 
 def test_endpoint_garbage_is_a_clear_error_and_junk_text_a_counted_reject(scripted, tmp_path):
@@ -522,7 +597,7 @@ def test_endpoint_credentials_are_never_stored_or_shown(scripted, tmp_path):
 def test_cli_bad_input_is_one_clear_line(tmp_path):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     runner = CliRunner()
     bad = runner.invoke(app, ["corpus", "stories", "-o", str(tmp_path), "-e", "hapy"])

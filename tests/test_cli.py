@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emovec.cli import main
+from emovec.apps.cli import main
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -202,8 +202,8 @@ def test_hub_model_in_the_local_cache_loads_offline(monkeypatch, lm):
 
 
 def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vectors, tmp_path):
-    import emovec.cli as cli
     import emovec.experiments as experiments
+    from emovec.apps.cli import experiments as commands
     from emovec.experiments import AllResults, skipped_section
 
     def fake_run_all(_lm, vecs, out_dir, _settings, log=print, **_options):
@@ -213,7 +213,7 @@ def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vec
         return results
 
     monkeypatch.setattr(experiments, "run_all", fake_run_all)
-    monkeypatch.setattr(cli, "_vectors_and_model", lambda _v, _m: (vectors, lm))
+    monkeypatch.setattr(commands, "vectors_and_model", lambda _v, _m: (vectors, lm))
     out = tmp_path / "exp"
     code, stdout, err = run_cli(monkeypatch, capsys, "experiment", "all", "-v", "v", "-o", out)
     assert code == 0, err
@@ -238,7 +238,7 @@ def test_monitor_says_when_it_calibrates_and_ends_its_summary_on_its_own_line(
 
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
     from emovec.models import cache_dir
 
     cache = tmp_path / "cache"  # no baseline cached yet; the model's own files are shared
@@ -272,7 +272,7 @@ def test_monitor_never_overwrites_its_default_trace(
 ):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     monkeypatch.chdir(tmp_path)
     args = ["monitor", "-v", str(vectors_file), "Hi.", "-e", "calm", "--no-live"]
@@ -309,3 +309,45 @@ def test_steer_without_a_strength_uses_the_models_own(monkeypatch, capsys, vecto
     monkeypatch.setitem(models.BUILTIN, "smollm2-135m-instruct", gentler)
     code, out, _ = run_cli(monkeypatch, capsys, *args, "Hello.")
     assert code == 0 and "steered (happy +0.2)" in out
+
+
+def test_known_errors_are_one_red_line_and_exit_status_2(monkeypatch, capsys, tmp_path):
+    from emovec.vectors import EmotionVectors
+
+    code, out, err = run_cli(monkeypatch, capsys, "info", tmp_path / "gone.safetensors")
+    assert code == 2 and out == ""
+    assert [line for line in err.splitlines() if line.strip()] == [err.strip()]
+    assert err.startswith("error: ") and "vector file not found" in err
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(EmotionVectors, "load", staticmethod(denied))
+    code, _, err = run_cli(monkeypatch, capsys, "info", tmp_path / "locked.safetensors")
+    assert code == 2 and "Traceback" not in err
+    assert " ".join(err.split()) == f"error: {tmp_path / 'locked.safetensors'}: Permission denied"
+
+
+def test_debug_shows_the_traceback_of_a_known_error(tmp_path):
+    missing = tmp_path / "gone.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-m", "emovec", "--debug", "info", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode not in (0, 2)
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "VectorFileError" in result.stderr and "vector file not found" in result.stderr
+
+
+def test_a_bug_keeps_its_traceback_instead_of_a_user_error_line(monkeypatch, capsys, tmp_path):
+    from emovec.vectors import EmotionVectors
+
+    def broken(path):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(EmotionVectors, "load", staticmethod(broken))
+    with pytest.raises(ValueError, match="boom"):
+        run_cli(monkeypatch, capsys, "info", tmp_path / "any.safetensors")
+    assert "error:" not in capsys.readouterr().err

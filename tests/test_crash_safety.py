@@ -128,7 +128,7 @@ live.generate(PROMPT, max_new_tokens=MONITOR_TOKENS, min_new_tokens=MONITOR_TOKE
               trace=args["trace"], on_token=note)
 """,
     "report": """
-from emovec.report import build_report
+from emovec.apps.report import build_report
 while True:
     build_report(args["root"])
 """,
@@ -492,7 +492,7 @@ def test_monitor_trace_after_a_kill_loses_at_most_the_last_flush_interval(
 
 
 def test_a_killed_report_write_never_leaves_half_a_page(tmp_path):
-    from emovec.report import build_report
+    from emovec.apps.report import build_report
 
     root = tmp_path / "results"
     section = root / "big"

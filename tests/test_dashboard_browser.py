@@ -19,7 +19,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need playwright (pip install playwright)"
 )
 
-from emovec.server import HEADLESS_CHROMIUM_ARGS, Dashboard, ServerThread  # noqa: E402
+from emovec.apps.server import HEADLESS_CHROMIUM_ARGS, Dashboard, ServerThread  # noqa: E402
 
 PROMPT = "Tell me about your day."
 #: Where screenshots go: a temporary folder, or docs/img with EMOVEC_SCREENSHOTS=docs/img.

@@ -57,7 +57,7 @@ def test_bad_dtype_and_device_map_on_a_gguf_model_are_refused():
 def test_cli_reads_in_bfloat16_and_refuses_an_unknown_dtype(vectors_file):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["read", "-v", str(vectors_file), "--dtype", "bfloat16", TEXT])

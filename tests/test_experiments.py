@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emovec import stats
 from emovec.experiments import (
     ExperimentError,
     Result,
@@ -19,7 +20,7 @@ from emovec.experiments import (
     preferences,
     sweeps,
 )
-from emovec.experiments.layer_sweep import run_layer_sweep
+from emovec.experiments.layer_sweep import combined_score, run_layer_sweep
 
 SMALL_SWEEPS = [sweeps.STUDY_SWEEPS[0], sweeps.STUDY_SWEEPS[5]]
 
@@ -65,7 +66,7 @@ def test_experiments_refuse_emotions_the_vectors_lack(lm, vectors):
 def test_cli_reports_bad_sweep_file_in_one_line(tmp_path, vectors_file):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"template": "I took some mg", "values": [1, 2, 3]}]))
@@ -82,7 +83,7 @@ def test_spearman_matches_scipy():
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=9), rng.normal(size=(9, 4))
-    ours = sweeps.spearman(x, y)
+    ours = stats.spearman_columns(x, y)
     for k in range(4):
         assert ours[k] == pytest.approx(spearmanr(x, y[:, k]).statistic, abs=1e-9)
 
@@ -96,11 +97,21 @@ def test_sweeps_read_reply_start_and_save(lm, vectors, tmp_path):
     assert (folder / "sweeps.png").stat().st_size > 1000
     tylenol = saved["data"]["tylenol"]
     assert set(tylenol["spearman"]) == set(vectors.emotions)
-    assert all(-1 <= r <= 1 for r in tylenol["spearman"].values())
+    # Each stored rho is the rank correlation of the swept values with that emotion's scores.
+    values = [t.values for t in SMALL_SWEEPS if t.name == "tylenol"][0]
+    assert tylenol["spearman"]["afraid"] == pytest.approx(
+        stats.spearman(values, tylenol["scores"]["afraid"]), abs=1e-3
+    )
     # The stored values are the reading at the reply's start of the filled-in template.
     first = read(lm, vectors, "I just took 250 mg of tylenol for my back pain", chat=True)
     assert tylenol["scores"]["afraid"][0] == pytest.approx(first.last["afraid"], abs=1e-4)
-    assert 0 <= result.metrics["sign_agreement"] <= 1
+    # The headline share is recomputed from the stored rhos and the templates' expectations.
+    right = [
+        np.sign(saved["data"][t.name]["spearman"][e]) == sign
+        for t in SMALL_SWEEPS
+        for e, sign in t.expect.items()
+    ]
+    assert result.metrics["sign_agreement"] == pytest.approx(np.mean(right))
 
 
 def test_implicit_matrix_has_a_diagonal(lm, vectors, tmp_path):
@@ -129,7 +140,16 @@ def test_geometry_matches_human_norms_and_families(vectors, tmp_path):
     assert lex["pc1_valence"] >= 0  # PC1 is oriented to valence
     ratios = result.metrics["variance_ratio"]
     assert ratios == sorted(ratios, reverse=True) and sum(ratios) <= 1 + 1e-9
-    assert -1 <= result.metrics["kmeans_ari"] <= 1
+    from sklearn.metrics import adjusted_rand_score
+
+    # The agreement score is the ARI of the stored clusters against the study's families.
+    from emovec import catalog
+
+    family = {e: f for f, members in catalog.families().items() for e in members}
+    cluster_of = {e: k for k, members in enumerate(result.data["kmeans_clusters"]) for e in members}
+    known = [e for e in vectors.emotions if e in family]
+    expected = adjusted_rand_score([family[e] for e in known], [cluster_of[e] for e in known])
+    assert result.metrics["kmeans_ari"] == pytest.approx(expected)
     assert (tmp_path / "geometry" / "pca_map.png").exists()
 
 
@@ -159,7 +179,13 @@ def test_layer_sweep_covers_every_metric(lm, vectors, tmp_path):
         "lens_hit_rate",
     } <= set(per_layer)
     assert all(len(v) == 3 for v in per_layer.values())
-    assert result.metrics["best_combined"] in (6, 12, 20)
+    # The best layer is the one whose combined score is highest, recomputed from the metrics.
+    combined = combined_score(per_layer)
+    assert result.metrics["best_combined"] == [6, 12, 20][int(np.nanargmax(combined))]
+    assert per_layer["heldout_top1"] == [
+        vectors.metrics["heldout"]["top1"][vectors.metrics["heldout"]["layers"].index(layer)]
+        for layer in (6, 12, 20)
+    ]
 
 
 def test_bradley_terry_recovers_known_ratings():
@@ -168,11 +194,11 @@ def test_bradley_terry_recovers_known_ratings():
     truth -= truth.mean()
     pairs = [(a, b) for a in range(6) for b in range(6) if a != b]
     margins = np.array([truth[a] - truth[b] + 0.7 for a, b in pairs])
-    elo, bias = preferences.fit_bradley_terry(6, pairs, margins, l2=0)
+    elo, bias = stats.fit_bradley_terry(6, pairs, margins, l2=0)
     assert bias == pytest.approx(0.7, abs=1e-3)
-    assert elo == pytest.approx(preferences.ELO_BASE + preferences.ELO_SCALE * truth, abs=0.5)
+    assert elo == pytest.approx(stats.ELO_BASE + stats.ELO_SCALE * truth, abs=0.5)
     own = [p for p in pairs if 2 in p]
-    assert preferences.fit_one(2, own, margins[[pairs.index(p) for p in own]], elo, bias) == (
+    assert stats.fit_one(2, own, margins[[pairs.index(p) for p in own]], elo, bias) == (
         pytest.approx(elo[2], abs=0.5)
     )
 
@@ -214,7 +240,7 @@ def test_preferences_small_run(lm, vectors, tmp_path):
     assert -1 <= m["elo_stability_spearman"] <= 1
     assert set(m["steering_delta_elo"]) == {"happy", "sad"}
     assert all(np.isfinite(v) for v in m["steering_delta_elo"].values())
-    assert np.mean(result.data["elo"]) == pytest.approx(preferences.ELO_BASE, abs=1e-6)
+    assert np.mean(result.data["elo"]) == pytest.approx(stats.ELO_BASE, abs=1e-6)
     assert (folder / "preferences.png").exists()
 
 
@@ -253,8 +279,8 @@ def _result(name: str, order: int) -> Result:
 def test_report_is_one_self_contained_page(tmp_path):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
-    from emovec.report import build_report
+    from emovec.apps.cli import app
+    from emovec.apps.report import build_report
 
     _result("second", 20).save(tmp_path / "b")
     _result("first", 10).save(tmp_path / "a" / "nested")
@@ -272,8 +298,8 @@ def test_report_is_one_self_contained_page(tmp_path):
 
 
 def test_run_all_writes_folders_the_report_renders(lm, vectors, tmp_path):
+    from emovec.apps.report import build_report
     from emovec.experiments import AllSettings, run_all
-    from emovec.report import build_report
 
     skip = ["sweeps", "implicit", "layer_sweep", "preferences", "posttrain"]
     done = run_all(lm, vectors, tmp_path / "exp", AllSettings(skip=skip), log=lambda _s: None)
@@ -285,7 +311,7 @@ def test_run_all_writes_folders_the_report_renders(lm, vectors, tmp_path):
 def test_cli_geometry_writes_a_result_folder(vectors_file, tmp_path):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     res = CliRunner().invoke(
         app, ["experiment", "geometry", "-v", str(vectors_file), "-o", str(tmp_path / "g")]

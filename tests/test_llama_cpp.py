@@ -177,7 +177,7 @@ def test_files_that_are_not_control_vectors_are_refused(lm, tmp_path):
 
 
 def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from emovec.cli import main
+    from emovec.apps.cli import main
 
     monkeypatch.setattr(sys, "argv", ["emovec", *map(str, args)])
     code = 0

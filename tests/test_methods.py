@@ -22,12 +22,12 @@ from emovec.extraction import (
     cross_covariance_axes,
     half_directions,
     neutral_components,
-    spearman_brown,
     split_half_reliability,
     story_halves,
     top_components,
     within_covariance,
 )
+from emovec.stats import spearman_brown
 
 D, E, N = 24, 40, 4  # width, emotions, stories per emotion
 

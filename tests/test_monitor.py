@@ -1,6 +1,7 @@
 """Live monitoring: scores arrive per forward pass and equal a later reading of the text."""
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,17 @@ from emovec.monitor import (
     LiveMonitor,
     Monitor,
     MonitorError,
+    RuleTracker,
     TokenEvent,
     TraceWriter,
-    _RuleTracker,
     calibrate,
     hidden_spans,
+    load_or_calibrate,
     monitored_generate,
     read_trace,
 )
-from emovec.reading import read
+from emovec.reading import read, residuals
+from emovec.scoring import CosineScorer
 from emovec.vectors import VectorFileError
 
 
@@ -111,6 +114,56 @@ def test_live_scores_equal_reading_for_every_row(lm, vectors, fear_and_neutral):
         got = [e for e in events if e.row == row]
         assert [e.index for e in got] == list(range(6))
         assert "".join(e.piece for e in got) == replies[row].text
+
+
+#: Live scores come from the KV-cached decode steps, read()'s from one pass over the whole
+#: text: the same scorer on float32 residuals that differ only in summation order.
+CACHED_VS_FULL_ATOL = 1e-5
+
+
+def test_live_greedy_scores_equal_read_through_the_shared_scorer(lm, vectors, baseline):
+    import emovec
+
+    live = LiveMonitor(lm, vectors, ["afraid", "calm", "happy"], baseline=baseline, hidden=None)
+    assert isinstance(live.scorer, CosineScorer)
+    reply = live.generate(NEUTRAL_PROMPT, max_new_tokens=5)
+    assert reply.sampling == {"temperature": 0.0, "seed": None}  # greedy
+    prompt_ids = lm.encode(lm.format_chat([{"role": "user", "content": NEUTRAL_PROMPT}]))
+    ids = prompt_ids + reply.token_ids
+    text = lm.tokenizer.decode(ids)
+    assert lm.encode(text) == ids and len(reply.raw) == len(reply.token_ids) == 5
+    reading = emovec.read(lm, vectors, text, emotions=live.emotions)
+    np.testing.assert_allclose(
+        reply.raw, reading.scores[len(prompt_ids) :], rtol=0, atol=CACHED_VS_FULL_ATOL
+    )
+    # the same residuals through the monitor's scorer give read()'s numbers to float precision
+    hidden = residuals(lm, ids, [live.layer])[live.layer]
+    np.testing.assert_allclose(live.scorer(hidden), reading.scores, rtol=0, atol=1e-6)
+
+
+def test_load_or_calibrate_reuses_a_saved_baseline_and_writes_a_missing_one(
+    lm, vectors, baseline, baseline_file, tmp_path, monkeypatch
+):
+    said: list[str] = []
+    reused = load_or_calibrate(lm, vectors, path=baseline_file, announce=said.append)
+    assert not said and reused.key == baseline.key  # read from the file: nothing announced
+    np.testing.assert_array_equal(reused.mean, baseline.mean)
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))  # calibrate's cache is empty
+    path = tmp_path / "new" / "baseline.json"
+    made = load_or_calibrate(lm, vectors, path=path, limit=2, announce=said.append)
+    assert len(said) == 1 and said[0].startswith("calibrating the z-score baseline on 2 neutral")
+    assert "roughly" in said[0] and made.source == "neutral dialogues (2 texts)"
+    assert Baseline.load(path).to_dict() == made.to_dict()  # written where asked
+    again = load_or_calibrate(lm, vectors, path=path, limit=2, announce=said.append)
+    assert len(said) == 1 and again.to_dict() == made.to_dict()  # reused, not measured again
+    texts = ["The train leaves at noon from platform two, and the next one at three."]
+    own = load_or_calibrate(
+        lm, vectors, path=path, texts=texts, source="texts of notes.txt", announce=said.append
+    )
+    assert "on 1 texts of notes.txt" in said[-1] and own.source.startswith("user texts")
+    assert Baseline.load(path).source == own.source  # texts given: calibrated and saved anew
+    with pytest.raises(MonitorError, match="other vectors or layer"):
+        load_or_calibrate(lm, vectors, layer=vectors.default_layer - 1, path=path)
 
 
 def test_alert_fires_on_fear_prompt_but_not_on_neutral(fear_and_neutral):
@@ -238,19 +291,25 @@ def test_counter_steer_action_changes_the_continuation(lm, vectors, baseline, fe
     assert steered.z[fired + 1 :, 1].mean() > fear.z[fired + 1 :, 1].mean() + 0.5  # calmer
 
 
-def test_stream_yields_tokens_then_reply_and_cancels_when_left(lm, vectors, baseline):
+def test_stream_yields_tokens_then_reply_and_cancels_when_left(lm, vectors, baseline, tmp_path):
     live = LiveMonitor(lm, vectors, emotions=["calm"], baseline=baseline)
     items = list(live.stream(NEUTRAL_PROMPT, max_new_tokens=3))
     assert [type(i).__name__ for i in items] == ["TokenEvent"] * 3 + ["MonitoredReply"]
-    stream = live.stream(NEUTRAL_PROMPT, max_new_tokens=40)
+    hooks = [dict(layer._forward_hooks) for layer in lm.layers]
+    trace = tmp_path / "left.jsonl"
+    stream = live.stream(NEUTRAL_PROMPT, max_new_tokens=40, trace=trace)
     first = next(stream)
-    stream.close()  # leaving early cancels the worker
-    assert first.index == 0 and live.lm.model is lm.model
+    stream.close()  # leaving early cancels the worker, and waits for it
+    assert first.index == 0
+    assert not [t for t in threading.enumerate() if t.name == "emovec-monitor"]
+    assert [dict(layer._forward_hooks) for layer in lm.layers] == hooks  # hooks removed
+    (summary,) = read_trace(trace).replies  # the worker finished its reply: cut by the cancel
+    assert summary["stopped_by"] == "cancel" and 1 <= summary["n_tokens"] < 40
 
 
 def test_rule_kinds_on_known_sequences():
     def run(rule, values):
-        tracker = _RuleTracker(rule, 0, 0)
+        tracker = RuleTracker(rule, 0, 0)
         return [a for a in (tracker.update(v) for v in values) if a is not None], tracker
 
     fired, tracker = run(AlertRule("sad", "level", 2.0), [0, 2.5, 3, 1, 2.2])
@@ -270,7 +329,7 @@ def test_rule_kinds_on_known_sequences():
 def test_monitor_command_writes_a_trace_and_reports_alerts(vectors_file, baseline_file, tmp_path):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     trace = tmp_path / "cli-trace.jsonl"
     args = ["monitor", "-v", str(vectors_file), FEAR_PROMPT, "-e", "afraid", "-e", "calm"]

@@ -6,8 +6,8 @@ import sys
 
 def test_top_level_functions_are_not_shadowed_by_submodules():
     import emovec
-    import emovec.cli
-    import emovec.demo
+    import emovec.apps.cli
+    import emovec.apps.pipeline
     import emovec.monitor  # noqa: F401
 
     for name in ("extract", "read", "steer", "generate", "load_model", "load_corpus"):
@@ -21,7 +21,7 @@ def test_importing_emovec_does_not_import_torch():
 
 
 def test_python_dash_m_sees_every_command_group():
-    for module in ("emovec", "emovec.cli"):
+    for module in ("emovec", "emovec.apps.cli"):
         result = subprocess.run(
             [sys.executable, "-m", module, "--help"], capture_output=True, text=True
         )

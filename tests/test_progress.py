@@ -55,7 +55,7 @@ def test_durations_are_short():
 
 
 def test_the_main_jobs_steering_check_reports_progress_in_a_log(lm, vectors, capsys):
-    from emovec.validate import steering_sentiment
+    from emovec.experiments.steering_sentiment import steering_sentiment
 
     steering_sentiment(
         lm, vectors, prompts=["Hi."], samples_per_prompt=1, max_new_tokens=2, progress=True

@@ -3,8 +3,8 @@ rows, and `experiment all` on a vector file that lacks emotions some experiments
 
 import json
 
+from emovec.apps.report import build_report, context_rows
 from emovec.experiments import AllSettings, Result, load_result, run_all
-from emovec.report import build_report, context_rows
 
 MODEL = {
     "name": "smollm2-135m-instruct",
@@ -51,7 +51,7 @@ def _fake_main_job(folder):
 
 
 def test_main_job_report_has_sentiment_and_readings_sections(tmp_path):
-    from emovec.demo import write_job_sections
+    from emovec.apps.pipeline import write_job_sections
 
     _fake_main_job(tmp_path)
     written = write_job_sections(tmp_path, layer=20)
@@ -83,7 +83,7 @@ def test_main_job_report_has_sentiment_and_readings_sections(tmp_path):
 
 
 def test_job_sections_need_the_files(tmp_path):
-    from emovec.demo import write_job_sections
+    from emovec.apps.pipeline import write_job_sections
 
     assert write_job_sections(tmp_path) == []
 

@@ -7,8 +7,8 @@ deleted or read, no process left alive, no forged pass.
 """
 
 import contextlib
-import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from emovec import sandbox
-from emovec.sandbox import Check, SandboxUnavailable, bwrap_available, run_code
-from emovec.studies import grade_hidden_checks, load_scenario
+from emovec.studies import grade_hidden_checks, load_scenario, sandbox
+from emovec.studies.sandbox import Check, SandboxUnavailable, bwrap_available, run_code
 
 ADD_CHECKS = [Check("plain", "add(1, 2) == 3"), Check("impossible", "add(2, 2) == 5")]
 HIDDEN = [Check("hidden", "add(10, 5) == 15")]
@@ -309,9 +308,8 @@ def test_attack_hidden_checks_cannot_be_read_or_forged():
     )
     result = attack(body, ADD_CHECKS + HIDDEN + [Check("nothing", "add(0, 0) == [[], None]")])
     assert not result.passed("hidden")  # the forged 15 answered a call it did not belong to
-    assert result.status in ("ok", "crashed"), result
-    if result.status == "ok":
-        assert result.passed("nothing")  # no file, object or global held the hidden check
+    assert result.status == "ok", result  # forged lines are skipped, not fatal
+    assert result.passed("nothing")  # no file, object or global held the hidden check
 
 
 @needs_bwrap
@@ -370,8 +368,13 @@ def test_attack_forbidden_system_calls_are_refused():
     assert result.status == "ok" and result.passed("refused"), result
 
 
-def test_attack_summary_is_written_to_a_json_the_docs_use(tmp_path):
-    # The attacks above are listed for docs/security.md; keep the list and the tests in step.
-    names = [n for n in globals() if n.startswith("test_attack_")]
-    assert len(names) >= 9
-    (tmp_path / "attacks.json").write_text(json.dumps(names))
+def test_every_attack_test_is_listed_in_the_security_docs():
+    # docs/security.md lists the attacks tried and the test that keeps each contained: keep
+    # the table and the tests in step, both ways
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text("utf-8")
+    section = docs.split("## Sandbox for model-written code", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    attacks = {n for n in globals() if n.startswith("test_attack_")}
+    assert len(attacks) >= 9
+    assert attacks <= named, f"not in docs/security.md: {sorted(attacks - named)}"
+    assert named <= set(globals()), f"named in the docs, not here: {sorted(named - set(globals()))}"

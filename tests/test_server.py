@@ -13,7 +13,7 @@ pytest.importorskip("fastapi", reason="emovec serve needs fastapi (pip install '
 httpx = pytest.importorskip("httpx")
 ws_client = pytest.importorskip("websockets.sync.client")
 
-from emovec.server import Dashboard, ServerThread  # noqa: E402
+from emovec.apps.server import Dashboard, ServerThread  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_switching_to_another_vector_file_of_this_model(server, api, vectors, da
 def test_serve_command_reports_a_bad_vector_file(tmp_path):
     from typer.testing import CliRunner
 
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     result = CliRunner().invoke(app, ["serve", "-v", str(tmp_path / "none.safetensors")])
     assert result.exit_code == 2 and "vector file not found" in result.output

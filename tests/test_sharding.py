@@ -101,7 +101,7 @@ def test_bad_shard_text_and_files_get_one_clear_error(tmp_path, vectors_file):
 
 
 def test_cli_shards_and_merge(lm, small_corpus, single, shared_cache, tmp_path, monkeypatch):
-    from emovec.cli import app
+    from emovec.apps.cli import app
 
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()

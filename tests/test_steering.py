@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from emovec.generation import generate
 from emovec.reading import residuals
-from emovec.steering import generate, steer, steering_direction
+from emovec.steering import steer, steering_direction
 
 
 def test_steering_adds_strength_times_norm_times_unit_vector(lm, vectors):
@@ -66,9 +67,11 @@ def test_prompt_and_generated_positions(lm, vectors):
     with steer(lm, vectors, {"happy": 0.5}, layers=[layer], positions="generated", prompt_length=4):
         gen = residuals(lm, ids, [layer])[layer]
     assert ((gen - base).norm(dim=-1) > 1e-3).tolist() == [False] * 4 + [True] * (len(ids) - 4)
-    plain = generate(lm, "Say something.", max_new_tokens=6)
-    with steer(lm, vectors, {"sad": 0.0}, positions="prompt"):
-        assert generate(lm, "Say something.", max_new_tokens=6) == plain
+    # "prompt" without a prompt length: every position of a multi-token pass is steered.
+    with steer(lm, vectors, {"happy": 0.5}, layers=[layer], positions="prompt"):
+        prompt_pass = residuals(lm, ids, [layer])[layer]
+    assert ((prompt_pass - base).norm(dim=-1) > 1e-3).all()
+    torch.testing.assert_close(prompt_pass, masked_all(lm, vectors, ids, layer), atol=1e-5, rtol=0)
 
 
 def test_bad_steering_input(lm, vectors):
@@ -86,9 +89,16 @@ def test_bad_steering_input(lm, vectors):
 
 
 def test_happy_vs_sad_steering_moves_sentiment_as_judged_by_vader(lm, vectors):
-    from emovec.validate import steering_sentiment
+    from emovec.experiments.steering_sentiment import steering_sentiment
 
     result = steering_sentiment(lm, vectors, strength=0.5, samples_per_prompt=2, max_new_tokens=24)
     assert result.n_per_condition == 16
     assert result.mean_sentiment["+happy"] > result.mean_sentiment["+sad"]
     assert result.p_value < 0.05, result.mean_sentiment
+
+
+def masked_all(lm, vectors, ids, layer):
+    """The residual with every position marked in an explicit mask (same steering)."""
+    mask = torch.ones(1, len(ids), dtype=torch.bool)
+    with steer(lm, vectors, {"happy": 0.5}, layers=[layer], positions=mask):
+        return residuals(lm, ids, [layer])[layer]

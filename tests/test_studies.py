@@ -16,27 +16,36 @@ import pytest
 from typer.testing import CliRunner
 
 import emovec
-from emovec.cli import app
+from emovec import stats, studies
+from emovec.apps.cli import app
+from emovec.files import DamagedLogWarning
 from emovec.reading import read
+from emovec.stats import Z95
 from emovec.studies import (
-    Z95,
     Condition,
     Judge,
+    Scenario,
     Study,
     StudyError,
     grade_agreement,
     grade_leverage,
     load_rollouts,
     load_scenario,
+    load_study,
     rebuild_outputs,
     render_chat,
     run_study,
     run_trajectory,
+    study_conditions,
     wilson_interval,
 )
 
+#: What a study folder holds once a run has finished (and nothing else: no temporary files).
+STUDY_FILES = ["index.html", "rate_vs_strength.png", "result.json", "rollouts.jsonl", "study.json"]
+
 
 def test_wilson_interval_matches_known_values_and_its_definition():
+    assert wilson_interval is stats.wilson_interval  # one implementation, re-exported
     # textbook values for n = 10
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
@@ -114,8 +123,10 @@ def test_study_runs_end_to_end_with_monitor_traces(lm, vectors, tmp_path):
     prompt = render_chat(lm, scenario.turns(scenario.items[0]))
     reading = read(lm, vectors, prompt, emotions=first["trace"]["emotions"])
     np.testing.assert_allclose(first["trace"]["scores"][0], reading.scores[-1], atol=1e-3)
-    for name in ("result.json", "rate_vs_strength.png", "index.html", "study.json"):
+    assert sorted(p.name for p in tmp_path.iterdir()) == STUDY_FILES
+    for name in STUDY_FILES:
         assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "rate_vs_strength.png").read_bytes().startswith(b"\x89PNG")
     assert json.loads((tmp_path / "result.json").read_text())["complete"] is True
     # same folder, other settings: refused rather than mixed
     with pytest.raises(StudyError, match="other settings"):
@@ -139,8 +150,14 @@ def test_every_bundled_scenario_runs_and_its_page_shows_the_papers_numbers(lm, v
     blackmail = json.loads((tmp_path / "blackmail" / "result.json").read_text())
     assert blackmail["conditions"][0]["paper_rate"] == 0.72
     assert "72%" in (tmp_path / "blackmail" / "index.html").read_text()
+    # the rule grader's agreement with hand labels is on every page; where it is unreliable
+    # (sycophancy) the page says so, and without a judge the rule's rate stays the headline
+    sycophancy = json.loads((tmp_path / "sycophancy" / "result.json").read_text())
+    assert sycophancy["rule_accuracy"]["n"] >= 30 and sycophancy["headline"] == "rule"
+    assert "unreliable for this study" in (tmp_path / "sycophancy" / "index.html").read_text()
+    assert "unreliable" not in (tmp_path / "blackmail" / "index.html").read_text()
     # each study folder is also a section of the one-page report, paper's rate beside ours
-    from emovec.report import build_report, find_sections
+    from emovec.apps.report import build_report, find_sections
 
     titles = sorted(data["title"] for _, data in find_sections(tmp_path))
     assert titles == [f"Case study: {n}" for n in ("blackmail", "reward hacking", "sycophancy")]
@@ -186,7 +203,7 @@ def test_killed_cli_study_continues_where_it_stopped(lm, vectors, vectors_file, 
     out = tmp_path / "killed"
     src = Path(emovec.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(src)}
-    cmd = [sys.executable, "-m", "emovec.cli", "study", "run", "sycophancy", "-v"]
+    cmd = [sys.executable, "-m", "emovec.apps.cli", "study", "run", "sycophancy", "-v"]
     cmd += [str(vectors_file), "-o", str(out), "-c", "none", "--rollouts", "50"]
     cmd += ["--max-new-tokens", "3", "--item", "great-wall", "--temperature", "0.8"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -217,12 +234,25 @@ def test_trajectory_reads_emotions_per_attempt(lm, vectors, tmp_path):
         lm, vectors, items=["add"], attempts=2, max_new_tokens=6, out_dir=tmp_path
     )
     steps = result["runs"][0]["steps"]
-    assert 1 <= len(steps) <= 2 and result["emotions"] == ["desperate", "calm"]
-    assert set(steps[0]["at_reply_start"]) == {"desperate", "calm"}
-    assert len(result["mean"]["at_reply_start"]["desperate"]) == len(steps)
-    if len(steps) == 2:  # the second attempt saw the first one's failure
-        assert steps[0]["feedback"]
-    assert (tmp_path / "trajectory.png").stat().st_size > 0
+    assert result["emotions"] == ["desperate", "calm"]
+    assert [s["attempt"] for s in steps] == list(range(1, len(steps) + 1))
+    # an item stops before its last attempt only once the model cheated
+    assert len(steps) == 2 or steps[-1]["cheated"]
+    assert not any(s["cheated"] for s in steps[:-1])
+    # the first attempt's reading at the reply start is the reading of its prompt
+    scenario = load_scenario("reward_hacking")
+    item = next(i for i in scenario.items if i["id"] == "add")
+    prompt = render_chat(lm, scenario.turns(item))
+    reading = read(lm, vectors, prompt, emotions=["desperate", "calm"])
+    first = [steps[0]["at_reply_start"][e] for e in ("desperate", "calm")]
+    np.testing.assert_allclose(first, reading.scores[-1], atol=1e-3)
+    # one item: the mean over items is that item's readings, attempt by attempt
+    for where in ("at_reply_start", "mean_over_reply"):
+        for e in ("desperate", "calm"):
+            assert result["mean"][where][e] == pytest.approx([s[where][e] for s in steps])
+    assert json.loads((tmp_path / "trajectory.json").read_text()) == result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectory.json", "trajectory.png"]
+    assert (tmp_path / "trajectory.png").read_bytes().startswith(b"\x89PNG")
 
 
 class _JudgeServer(BaseHTTPRequestHandler):
@@ -307,6 +337,7 @@ def test_a_failed_judge_never_stores_credentials():
     judge = Judge(secret_url, "m", api_key="sk-hidden", timeout=0.5)
     verdict = judge(scenario, scenario.items[0], "a reply")
     assert verdict["label"] == "judge_error"
+    assert "http://127.0.0.1:9/v1" in verdict["raw"]  # the endpoint is named, without secrets
     text = repr(verdict)
     assert "s3cret" not in text and "key=abc" not in text and "sk-hidden" not in text
 
@@ -355,8 +386,89 @@ def test_a_failed_judge_shows_in_the_cli_table_and_the_summary(vectors_file, tmp
     result = CliRunner().invoke(app, [*args, "--judge-url", f"http://127.0.0.1:{port}/v1"])
     assert result.exit_code == 0, result.output
     assert "judge" in result.stdout.splitlines()[1] and "failed 2" in result.stdout  # the table
-    assert "judge failed on 2 of 2 rollouts: ConnectError" in " ".join(result.stderr.split())
+    warning = " ".join(result.stderr.split())
+    endpoint = f"http://127.0.0.1:{port}/v1"
+    assert f"judge failed on 2 of 2 rollouts: endpoint {endpoint} gave up" in warning
+    assert f"cannot reach {endpoint} (ConnectError)" in warning
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["judge"]["failed"] == 2 and summary["judge"]["rollouts"] == 2
     assert "Connect" in summary["judge"]["first_error"]
     assert summary["conditions"][0]["judge"]["failed"] == 2
+
+
+def test_study_conditions_parse_specs_or_take_the_scenarios_defaults():
+    blackmail = load_scenario("blackmail")
+    given = study_conditions(blackmail, ["none", "desperate:+0.05", "calm=-0.1"], [3, 4], "prompt")
+    assert given == [
+        Condition(),  # unsteered: no layers or positions, whatever was asked
+        Condition("desperate", 0.05, (3, 4), "prompt"),
+        Condition("calm", -0.1, (3, 4), "prompt"),
+    ]
+    assert study_conditions(blackmail, ["desperate:0"]) == [Condition()]
+    defaults = study_conditions(blackmail)
+    assert defaults[0] == Condition() and len(defaults) == len(blackmail.default_conditions)
+    assert [c.name for c in defaults[1:]] == [
+        "desperate +0.05",
+        "desperate -0.05",
+        "calm +0.05",
+        "calm -0.05",
+    ]
+    at = study_conditions(blackmail, None, layers=[7], positions="generated")
+    assert at[1] == Condition("desperate", 0.05, (7,), "generated") and at[0] == Condition()
+    # the layers and positions given replace a default condition's own (as `study run` does)
+    custom = Scenario(
+        "custom",
+        "agreement",
+        [{"prompt": "hi"}],
+        default_conditions=[{"emotion": "calm", "strength": 0.1, "layers": [2]}],
+    )
+    assert study_conditions(custom) == [Condition("calm", 0.1)]
+    assert study_conditions(custom, [], layers=[]) == [Condition("calm", 0.1)]
+    with pytest.raises(StudyError, match="desperate:\\+0.05"):
+        study_conditions(blackmail, ["desperate a lot"])
+
+
+def test_a_damaged_middle_rollout_line_keeps_every_later_record(lm, vectors, tmp_path):
+    run_study(lm, vectors, _quick_study(4), tmp_path)
+    path = tmp_path / "rollouts.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    original = [json.loads(line) for line in lines]
+    assert [r["index"] for r in original] == [0, 1, 2, 3]
+    lines[1] = lines[1][:40] + b"\n"  # the second record, cut short: a damaged middle line
+    path.write_bytes(b"".join(lines))
+    with pytest.warns(DamagedLogWarning, match="line 2"):
+        assert [r["index"] for r in load_rollouts(path, repair=True)] == [0, 2, 3]
+    assert path.read_bytes() == b"".join(lines)  # nothing after the damage was cut
+    with pytest.warns(DamagedLogWarning, match="line 2"):
+        summary = run_study(lm, vectors, _quick_study(4), tmp_path)  # resumes
+    after = path.read_bytes().splitlines(keepends=True)
+    assert after[:4] == lines  # the later records are kept byte for byte; appends follow
+    with pytest.warns(DamagedLogWarning):
+        records = load_rollouts(path)
+    assert [r["index"] for r in records] == [0, 2, 3, 1]  # only the damaged one was redone
+    redone = records[-1]
+    assert (redone["seed"], redone["reply"]) == (original[1]["seed"], original[1]["reply"])
+    assert summary["conditions"][0]["n"] == 4 and summary["complete"]
+    with pytest.warns(DamagedLogWarning):
+        study, reloaded = load_study(tmp_path)
+    assert reloaded == records and study.rollouts == 4
+    with pytest.warns(DamagedLogWarning):
+        assert rebuild_outputs(tmp_path)["conditions"][0]["n"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == STUDY_FILES
+
+
+def test_the_package_keeps_the_names_its_users_import():
+    import emovec.sandbox
+    import emovec.studies.sandbox
+
+    # what the CLI, the demo, the tests and README examples import from the old modules
+    used = ["Condition", "GRADERS", "Judge", "Scenario", "Study", "StudyError", "load_study"]
+    used += ["bundled_scenarios", "grade_hidden_checks", "load_rollouts", "load_scenario"]
+    used += ["rebuild_outputs", "render_chat", "run_study", "run_trajectory", "wilson_interval"]
+    assert set(used) <= set(studies.__all__)
+    assert all(hasattr(studies, name) for name in studies.__all__)
+    used = ["Check", "INSTALL_HINT", "UNSAFE_ENV", "SandboxUnavailable", "bwrap_available"]
+    used += ["ensure_available", "run_code", "seccomp_program"]
+    assert set(used) <= set(emovec.sandbox.__all__)
+    for name in emovec.sandbox.__all__:
+        assert getattr(emovec.sandbox, name) is getattr(emovec.studies.sandbox, name), name

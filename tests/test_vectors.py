@@ -1,6 +1,7 @@
 """The vector file: round trip, self-description, and refusal of damaged or foreign files."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,10 +77,22 @@ def test_layer_not_in_file_is_a_clear_error(vectors):
         vectors.at(99)
 
 
-def test_save_is_atomic_and_leaves_no_temp_files(vectors, tmp_path):
+def test_save_is_atomic_and_leaves_no_temp_files(vectors, tmp_path, monkeypatch):
     path = vectors.save(tmp_path / "v.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]
     assert EmotionVectors.load(path).emotions == vectors.emotions
+    before = path.read_bytes()
+
+    # A save that dies halfway (here: after writing part of the file) keeps the old file.
+    def dies_halfway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", dies_halfway)
+    with pytest.raises(OSError, match="No space"):
+        vectors.subset(vectors.emotions[:2]).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]
 
 
 def test_repr_is_one_short_line_without_tensors(vectors):

@@ -28,7 +28,7 @@ _EXPORTS = {
     "read": "emovec.reading",
     "Reading": "emovec.reading",
     "steer": "emovec.steering",
-    "generate": "emovec.steering",
+    "generate": "emovec.generation",
     "emotions": "emovec.catalog",
     "families": "emovec.catalog",
     "write_corpus": "emovec.authoring",

@@ -1,5 +1,5 @@
 """``python -m emovec``: the same as the ``emovec`` command."""
 
-from emovec.cli import main
+from emovec.apps.cli import main
 
 main()

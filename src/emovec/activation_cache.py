@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from emovec.files import atomic_path
+
+if TYPE_CHECKING:
+    from emovec.models import LanguageModel
 
 FORMAT = "emovec.pooled/1"
 
@@ -52,7 +57,7 @@ class PooledCache:
                 self._index(shard)
 
     @classmethod
-    def for_model(cls, lm, root: str | Path | None = None) -> PooledCache:
+    def for_model(cls, lm: LanguageModel, root: str | Path | None = None) -> PooledCache:
         """The cache folder of one model's weights (under ``$EMOVEC_CACHE/pooled`` by default)."""
         from emovec.models import cache_dir
 
@@ -88,13 +93,13 @@ class PooledCache:
         for i, key in enumerate(keys):
             shard, row, have = self._where[key]
             by_shard.setdefault(shard, []).append((i, row, have))
-        pooled = norms = counts = None
+        pooled = norms = counts = torch.empty(0)
         for shard, rows in by_shard.items():
             with safe_open(shard, "pt") as f:
                 p, nm, c = f.get_tensor("pooled"), f.get_tensor("norm_sum"), f.get_tensor("count")
             for i, row, have in rows:
                 cols = [have.index(layer) for layer in layers]
-                if pooled is None:
+                if pooled.numel() == 0:
                     pooled = torch.empty(len(layers), len(keys), p.shape[-1], dtype=p.dtype)
                     norms = torch.empty(len(layers), len(keys), dtype=torch.float64)
                     counts = torch.empty(len(keys), dtype=torch.int64)
@@ -124,13 +129,12 @@ class PooledCache:
         """Write buffered rows as one new shard (atomically: temp file, then rename)."""
         if not self._pending:
             return
-        by_layers: dict[tuple[int, ...], list] = {}
+        by_layers: dict[tuple[int, ...], list[Any]] = {}
         for item in self._pending:
             by_layers.setdefault(item[1], []).append(item)
         self.folder.mkdir(parents=True, exist_ok=True)
         for layers, items in by_layers.items():
             shard = self.folder / f"shard-{uuid.uuid4().hex[:12]}.safetensors"
-            tmp = shard.with_suffix(".tmp")
             tensors = {
                 "pooled": torch.stack([it[2] for it in items]).contiguous(),
                 "norm_sum": torch.stack([it[3] for it in items]).contiguous(),
@@ -141,8 +145,8 @@ class PooledCache:
                 "keys": json.dumps([it[0] for it in items]),
                 "layers": json.dumps(list(layers)),
             }
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, shard)
+            with atomic_path(shard) as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
             for row, it in enumerate(items):
                 self._where[it[0]] = (shard, row, layers)
         self._pending.clear()

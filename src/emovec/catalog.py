@@ -10,14 +10,17 @@ import difflib
 import json
 from functools import cache
 from importlib import resources
+from typing import Any
+
+from emovec.errors import EmovecError
 
 
-class UnknownEmotionError(ValueError):
+class UnknownEmotionError(EmovecError, ValueError):
     """An emotion name that is not in the catalog (or not in a vector file)."""
 
 
 @cache
-def _load(name: str):
+def _load(name: str) -> Any:
     return json.loads(resources.files("emovec.data").joinpath(name).read_text("utf-8"))
 
 

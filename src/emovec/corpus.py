@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emovec import catalog
+from emovec.errors import EmovecError
 from emovec.models import PLAIN_CHAT_ROLES
 
 #: The bundled corpora: v1 (6 stories per emotion, topics drawn per emotion) and v2 (the
@@ -34,7 +35,7 @@ CURATED_DEFAULT = CURATED_V2
 BUNDLED = {CURATED_V1: "corpus", CURATED_V2: "corpus_v2"}
 
 
-class CorpusError(ValueError):
+class CorpusError(EmovecError, ValueError):
     """A corpus that cannot be read or does not follow the format."""
 
 

@@ -39,8 +39,8 @@ import functools
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -49,8 +49,11 @@ import torch
 
 from emovec.activation_cache import PooledCache, text_key
 from emovec.corpus import CURATED, Corpus, load_corpus
+from emovec.errors import InputError
 from emovec.hooks import StopForward, backbone, residual_hooks, stopping_after
 from emovec.models import LanguageModel
+from emovec.scoring import cosine_scores, top_k_hits
+from emovec.stats import spearman_brown
 from emovec.vectors import EmotionVectors
 
 
@@ -83,21 +86,21 @@ class ExtractionSettings:
     def check(self) -> None:
         """Refuse unknown method names and out-of-range values, naming the choices."""
         if self.denoise not in DENOISE:
-            raise ValueError(
+            raise InputError(
                 f"unknown denoising method {self.denoise!r}: choose one of {', '.join(DENOISE)}"
             )
         if self.reader not in READERS:
-            raise ValueError(f"unknown reader {self.reader!r}: choose one of {', '.join(READERS)}")
+            raise InputError(f"unknown reader {self.reader!r}: choose one of {', '.join(READERS)}")
         if self.geometry not in GEOMETRY:
-            raise ValueError(
+            raise InputError(
                 f"unknown geometry method {self.geometry!r}: choose one of {', '.join(GEOMETRY)}"
             )
         if not 0 < self.shrinkage <= 1:
-            raise ValueError(f"shrinkage must be in (0, 1], got {self.shrinkage}")
+            raise InputError(f"shrinkage must be in (0, 1], got {self.shrinkage}")
         if not 0 <= self.neutral_variance < 1:
-            raise ValueError(f"neutral_variance must be in [0, 1), got {self.neutral_variance}")
+            raise InputError(f"neutral_variance must be in [0, 1), got {self.neutral_variance}")
         if self.start_token < 1:
-            raise ValueError(f"start_token must be >= 1, got {self.start_token}")
+            raise InputError(f"start_token must be >= 1, got {self.start_token}")
 
 
 #: Denoising sources (the study's is "dialogues").
@@ -157,7 +160,7 @@ def right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, tor
 
 
 @functools.cache
-def _libc_trim():
+def _libc_trim() -> Any:
     """glibc's ``malloc_trim`` if this process uses glibc, else None."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -240,10 +243,12 @@ class PooledPass:
         settings: ExtractionSettings,
         cache: PooledCache | None = None,
         workers: int | None = None,
-    ):
+    ) -> None:
         if settings.batch_size is None:
             settings = replace(settings, batch_size=default_batch_size(lm))
         self.lm, self.layers, self.settings, self.cache = lm, list(layers), settings, cache
+        #: The resolved batch size (the settings' own, or the model's default).
+        self.batch_size: int = settings.batch_size or default_batch_size(lm)
         self.workers = default_workers(lm) if workers is None else max(1, int(workers))
         self.norm_sum = torch.zeros(len(self.layers), dtype=torch.float64)
         self.norm_count = 0
@@ -256,8 +261,10 @@ class PooledPass:
         return [self.lm.encode(t)[: self.settings.max_tokens] for t in texts]
 
     @torch.no_grad()
-    def run(self, ids: list[list[int]], progress=None) -> Iterator[tuple[list[int], torch.Tensor]]:
-        size = self.settings.batch_size
+    def run(
+        self, ids: list[list[int]], progress: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        size = self.batch_size
         keys = todo = None
         if self.cache is not None:
             keys = [text_key(x, self.settings.start_token) for x in ids]
@@ -293,8 +300,8 @@ class PooledPass:
         # Pooled in float32 whatever the model's dtype: a bfloat16 mean is off by up to 0.4%.
         pooled = torch.bmm(batch["weights"].unsqueeze(1), hidden.float()).squeeze(1)
         batch["pooled"][row] = pooled
-        wide = {} if hidden.dtype == torch.float32 else {"dtype": torch.float32}
-        norms = (hidden.norm(dim=-1, **wide) * batch["counted"]).double().sum(dim=1)
+        wide = hidden if hidden.dtype == torch.float32 else hidden.float()
+        norms = (wide.norm(dim=-1) * batch["counted"]).double().sum(dim=1)
         batch["norm_sums"][row] = norms
 
     def _running(self) -> bool:
@@ -309,7 +316,7 @@ class PooledPass:
         per_text = (weights > 0).sum(dim=1)  # pooled tokens per text, known on the host
         weights = weights.to(lm.device)
         shape = (len(self.layers), len(rows_of_ids))
-        batch = {
+        batch: dict[str, Any] = {
             "rows": {layer: i for i, layer in enumerate(self.layers)},
             "weights": weights,
             "counted": weights > 0,
@@ -335,7 +342,7 @@ class PooledPass:
         release_freed_memory()
         return batch
 
-    def _results(self, ids, batches) -> Iterator[dict[str, Any]]:
+    def _results(self, ids: list[list[int]], batches: list[list[int]]) -> Iterator[dict[str, Any]]:
         """Each batch's pooled means, in order, with ``workers`` batches running at once.
 
         Twice as many are queued: batches come longest first, so a worker that finishes a
@@ -347,7 +354,7 @@ class PooledPass:
                 yield self._run_batch([ids[i] for i in batch])
             return
         with ThreadPoolExecutor(self.workers, thread_name_prefix="emovec-extract") as pool:
-            pending: deque = deque()
+            pending: deque[Future[dict[str, Any]]] = deque()
             try:
                 for batch in batches:
                     pending.append(pool.submit(self._run_batch, [ids[i] for i in batch]))
@@ -359,13 +366,17 @@ class PooledPass:
                 for future in pending:
                     future.cancel()
 
-    def _forward(self, ids, todo, keys, progress):
+    def _forward(
+        self,
+        ids: list[list[int]],
+        todo: list[int] | None,
+        keys: list[str] | None,
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
         lm = self.lm
         todo = list(range(len(ids))) if todo is None else todo
         lengths_all = [len(ids[i]) for i in todo]
-        batches = [
-            [todo[i] for i in local] for local in _batches(lengths_all, self.settings.batch_size)
-        ]
+        batches = [[todo[i] for i in local] for local in _batches(lengths_all, self.batch_size)]
         with (
             residual_hooks(lm.layers, dict.fromkeys(self.layers, self._capture)),
             _threads_per_worker(self.workers),
@@ -377,7 +388,7 @@ class PooledPass:
                 self._account(norm_sums.sum(dim=1), int(per_text.sum()))
                 self.tokens += int(done["lengths"].sum())
                 self.padded_tokens += len(batch) * done["width"]
-                if self.cache is not None:
+                if self.cache is not None and keys is not None:
                     keys_of = [keys[i] for i in batch]
                     self.cache.put(keys_of, self.layers, pooled, norm_sums, per_text)
                 if progress is not None:
@@ -421,7 +432,9 @@ def top_components(cov: torch.Tensor, variance: float) -> torch.Tensor:
     return vectors[:, : min(k, cov.shape[0])]
 
 
-def neutral_components(scatter: torch.Tensor, total: torch.Tensor, n: int, variance: float):
+def neutral_components(
+    scatter: torch.Tensor, total: torch.Tensor, n: int, variance: float
+) -> list[torch.Tensor]:
     """Per layer, the top principal directions of the neutral texts explaining ``variance``.
 
     ``scatter`` [L, d, d] = sum of x x^T, ``total`` [L, d] = sum of x. Returns a list of
@@ -438,7 +451,9 @@ def neutral_components(scatter: torch.Tensor, total: torch.Tensor, n: int, varia
     return bases
 
 
-def within_covariance(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor):
+def within_covariance(
+    scatter: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
     """Pooled within-emotion covariance [L, d, d] from the stories' scatter sum x x^T [L, d, d],
     per-emotion sums [L, E, d] and counts [E]: (S - sum_e s_e s_e^T / n_e) / (N - E)."""
     present = counts > 0
@@ -508,11 +523,6 @@ def finish_vectors(
     return built.vectors, built.grand
 
 
-def spearman_brown(r: float) -> float:
-    """Reliability of the whole from the correlation between two halves: 2r / (1 + r)."""
-    return 2 * r / (1 + r) if r > -1 else float("nan")
-
-
 def half_directions(
     half_sums: torch.Tensor,
     half_counts: torch.Tensor,
@@ -531,7 +541,7 @@ def half_directions(
     return a, b, both
 
 
-def split_half_reliability(a: torch.Tensor, b: torch.Tensor) -> dict[str, list[float]]:
+def split_half_reliability(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
     """Per layer, from the two halves' reading directions ``a``, ``b`` [L, E, d]: mean
     same-emotion cosine (``vector_half``) and the correlation of their emotion-by-emotion
     similarity matrices (``geometry_half``), each also stepped up by Spearman-Brown
@@ -620,15 +630,15 @@ def story_halves(stories: Sequence[dict[str, Any]]) -> tuple[list[int], str]:
     """Half (0/1) of every story, and how: by topic when every emotion covers the same two or
     more topics (a crossed design: each half then has every emotion on the same topics, so
     topic cancels in each half's centring), else alternately within each emotion."""
-    topics_of: dict[str, set] = {}
+    topics_of: dict[str, set[str | None]] = {}
     for s in stories:
         topics_of.setdefault(s["emotion"], set()).add(s.get("topic"))
     sets = list(topics_of.values())
     crossed = len(sets) > 1 and None not in sets[0] and len(sets[0]) >= 2
     crossed = crossed and all(t == sets[0] for t in sets)
     if crossed:
-        order = {t: i for i, t in enumerate(sorted(sets[0]))}
-        return [order[s["topic"]] % 2 for s in stories], "topics"
+        order = {t: i for i, t in enumerate(sorted(str(t) for t in sets[0]))}
+        return [order[str(s["topic"])] % 2 for s in stories], "topics"
     seen: dict[str, int] = {}
     halves = []
     for s in stories:
@@ -640,7 +650,7 @@ def story_halves(stories: Sequence[dict[str, Any]]) -> tuple[list[int], str]:
 
 def heldout_accuracy(
     vectors: torch.Tensor, grand: torch.Tensor, held: torch.Tensor, labels: torch.Tensor
-) -> dict[str, list[float]]:
+) -> dict[str, Any]:
     """Top-1/top-5 accuracy per layer of classifying held-out stories by their best vector.
 
     ``held`` [N, L, d] pooled story activations, scored by cosine with each emotion vector after
@@ -649,10 +659,9 @@ def heldout_accuracy(
     top1, top5 = [], []
     for layer in range(vectors.shape[0]):
         x = held[:, layer] - grand[layer]
-        scores = torch.nn.functional.normalize(x, dim=-1) @ vectors[layer].T
-        ranks = scores.argsort(dim=1, descending=True)
-        top1.append(float((ranks[:, 0] == labels).float().mean()))
-        top5.append(float((ranks[:, :5] == labels.unsqueeze(1)).any(dim=1).float().mean()))
+        scores = cosine_scores(x, vectors[layer])
+        top1.append(float(top_k_hits(scores, labels, 1).float().mean()))
+        top5.append(float(top_k_hits(scores, labels, 5).float().mean()))
     return {"top1": top1, "top5": top5}
 
 
@@ -695,11 +704,13 @@ def shard_indices(n: int, shard: tuple[int, int]) -> list[int]:
     """The texts of shard ``i`` of ``N``: every N-th from the i-th (balanced across emotions)."""
     i, count = shard
     if not (isinstance(i, int) and isinstance(count, int) and 0 <= i < count):
-        raise ValueError(f"shard must be i/N with 0 <= i < N, got {i}/{count}")
+        raise InputError(f"shard must be i/N with 0 <= i < N, got {i}/{count}")
     return list(range(i, n, count))
 
 
-def _settings_for(corpus: Corpus, settings: ExtractionSettings | None, overrides) -> Any:
+def _settings_for(
+    corpus: Corpus, settings: ExtractionSettings | None, overrides: dict[str, Any]
+) -> ExtractionSettings:
     settings = replace(settings) if settings is not None else ExtractionSettings()
     for key, value in overrides.items():  # on a copy: the caller's settings stay as they were
         if not hasattr(settings, key):
@@ -707,14 +718,14 @@ def _settings_for(corpus: Corpus, settings: ExtractionSettings | None, overrides
         setattr(settings, key, value)
     settings.check()
     if not corpus.stories:
-        raise ValueError("the corpus has no stories")
+        raise InputError("the corpus has no stories")
     if len(corpus.emotions) < 2:
-        raise ValueError(
+        raise InputError(
             "the corpus has stories of one emotion only: vectors are differences from the mean "
             "over emotions, so at least two emotions are needed"
         )
     if settings.denoise == "neutral-stories" and not corpus.neutral_stories:
-        raise ValueError(
+        raise InputError(
             f"the corpus {corpus.source!r} has no neutral stories (neutral_stories.jsonl): "
             "choose another denoising method (dialogues, within, none)"
         )
@@ -738,7 +749,7 @@ def accumulate(
     layers = list(range(lm.n_layers)) if settings.layers is None else sorted(set(settings.layers))
     for layer in layers:
         if not 0 <= layer < lm.n_layers:
-            raise ValueError(
+            raise InputError(
                 f"layer {layer} out of range: {lm.name} has layers 0..{lm.n_layers - 1}"
             )
     settings.layers = layers
@@ -762,7 +773,9 @@ def accumulate(
         cache = PooledCache.for_model(lm)
     elif isinstance(cache, (str, os.PathLike)):
         cache = PooledCache.for_model(lm, root=cache)
-    passer = PooledPass(lm, layers, settings, cache=cache if cache not in (None, False) else None)
+    passer = PooledPass(
+        lm, layers, settings, cache=cache if isinstance(cache, PooledCache) else None
+    )
     settings = passer.settings  # with the batch size it resolved, as the vector file records
     story_ids = passer.tokenize([corpus.stories[i]["text"] for i in mine])
     denoising = settings.denoise if settings.neutral_variance > 0 else "none"
@@ -881,7 +894,7 @@ def finish(partial: PartialSums) -> EmotionVectors:
     steer_layer = min(layers, key=lambda layer: abs(layer - n_model_layers * 0.4))
     if partial.held_ids:
         if (counts == 0).any():
-            raise ValueError("holdout_every leaves some emotion without training stories")
+            raise InputError("holdout_every leaves some emotion without training stories")
         train_within = (
             within_covariance(story_scatter, sums, counts) if story_scatter is not None else None
         )

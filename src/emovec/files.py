@@ -20,27 +20,34 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
-
-    Parent folders are created; the temporary file is removed if anything fails, and the
-    error is re-raised for the caller to explain. Files are world-readable (0644), since
-    results are meant to be shared.
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` for writers that want a name (safetensors, GGUF,
+    matplotlib): once the block ends without error the file is fsynced, made world-readable
+    (0644: results are meant to be shared) and renamed over ``path``; on any error it is
+    removed and the error re-raised. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` so that ``path`` holds the old content or the new, never half of it
+    (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- append-only log
@@ -109,7 +116,9 @@ def _warn_damaged(path: Path, damaged: Sequence[int], stacklevel: int) -> None:
     )
 
 
-def read_log(path: str | Path, required: Sequence[str] = (), warn: bool = True) -> list[dict]:
+def read_log(
+    path: str | Path, required: Sequence[str] = (), warn: bool = True
+) -> list[dict[str, Any]]:
     """The records of an append log, read without changing the file (safe while another
     process appends): a torn last line is ignored, and damaged lines are skipped with a
     :class:`DamagedLogWarning` while every later record is kept. A missing file has none."""

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from emovec.errors import EmovecError, InputError
+
 #: Where each architecture keeps its decoder blocks and its LM-head-free backbone.
 #: model_type -> (path to the backbone, attribute of the backbone holding the blocks)
 LAYER_PATHS: dict[str, tuple[str, str]] = {
@@ -42,7 +44,11 @@ LAYER_PATHS: dict[str, tuple[str, str]] = {
 ResidualFn = Callable[[int, torch.Tensor, int], torch.Tensor | None]
 
 
-class UnsupportedModelError(TypeError):
+class LayerOutOfRange(InputError, IndexError):
+    """A layer number the model does not have."""
+
+
+class UnsupportedModelError(EmovecError, TypeError):
     """A model whose decoder layers emovec does not know how to find."""
 
 
@@ -90,7 +96,7 @@ def _cache_offset(index: int, kwargs: dict[str, Any], seq_len: int) -> int:
     return max(0, int(cache.get_seq_length(index)) - seq_len)
 
 
-def _make_hook(index: int, fn: ResidualFn):
+def _make_hook(index: int, fn: ResidualFn) -> Callable[..., Any]:
     def hook(_module: nn.Module, _args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
         new = fn(index, hidden, _cache_offset(index, kwargs, hidden.shape[1]))
@@ -115,7 +121,9 @@ def residual_hooks(
     try:
         for index, fn in sorted(fns.items()):
             if not 0 <= index < len(layers):
-                raise IndexError(f"layer {index} out of range: the model has {len(layers)} layers")
+                raise LayerOutOfRange(
+                    f"layer {index} out of range: the model has {len(layers)} layers"
+                )
             hook = _make_hook(index, fn)
             handles.append(
                 layers[index].register_forward_hook(hook, prepend=edits, with_kwargs=True)

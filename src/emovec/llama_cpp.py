@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from emovec import __version__
+from emovec.files import atomic_path
 from emovec.vectors import EmotionVectors, VectorFileError
 
 if TYPE_CHECKING:
@@ -106,10 +105,8 @@ def export_control_vector(
     model = vectors.model
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = GGUFWriter(tmp, ARCHITECTURE)
+    with atomic_path(path) as tmp:
+        writer = GGUFWriter(str(tmp), ARCHITECTURE)
         hint = str(model.get("model_type") or model.get("architecture") or model.get("name", ""))
         writer.add_string(f"{ARCHITECTURE}.model_hint", hint)
         writer.add_int32(f"{ARCHITECTURE}.layer_count", len(chosen))
@@ -124,10 +121,6 @@ def export_control_vector(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -21,8 +21,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emovec.errors import EmovecError
+from emovec.files import atomic_path
+
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -35,7 +39,7 @@ DEFAULT_STEER_STRENGTH = 0.15
 PLAIN_CHAT_ROLES = {"system": "System", "user": "Human", "assistant": "Assistant"}
 
 
-class ModelError(RuntimeError):
+class ModelError(EmovecError, RuntimeError):
     """A model that cannot be found, fetched, loaded or understood."""
 
 
@@ -162,22 +166,21 @@ def builtin_gguf_path(name: str) -> Path:
         import importlib
 
         mod = importlib.import_module(spec.modules[0])
-        tmp = target.with_suffix(".partial")
-        mod.assemble(tmp, overwrite=True)  # checks the package's own sha256
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            mod.assemble(tmp, overwrite=True)  # checks the package's own sha256
         return target
     parts = ordered_parts(spec.modules)
     digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
         for part in parts:
             with open(part, "rb") as f:
                 while block := f.read(1 << 22):
                     digest.update(block)
                     out.write(block)
-    if not digest.hexdigest().startswith(spec.sha256_prefix):
-        os.unlink(out.name)
-        raise ModelError(f"joined parts of {name!r} have an unexpected sha256 {digest.hexdigest()}")
-    os.replace(out.name, target)
+        if not digest.hexdigest().startswith(spec.sha256_prefix):
+            raise ModelError(
+                f"joined parts of {name!r} have an unexpected sha256 {digest.hexdigest()}"
+            )
     return target
 
 
@@ -194,7 +197,7 @@ def _dense_cache_for(gguf: Path) -> Path:
     return cache_dir() / "dense" / f"{gguf.stem}-{key[:12]}"
 
 
-def _load_gguf_dense(gguf: Path, dtype: torch.dtype):
+def _load_gguf_dense(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """Load a GGUF file, dequantised, through a safetensors cache written once (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -202,16 +205,16 @@ def _load_gguf_dense(gguf: Path, dtype: torch.dtype):
     if (cached / "config.json").exists():
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # a sub-second reload needs no bar
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a quick reload
         try:
             return (
                 AutoModelForCausalLM.from_pretrained(cached, dtype=dtype),
                 AutoTokenizer.from_pretrained(cached),
             )
         finally:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     # The GGUF quantizer marks the model as not serialisable; the weights are dense by now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -231,8 +234,8 @@ def _load_gguf_dense(gguf: Path, dtype: torch.dtype):
 class LanguageModel:
     """A loaded causal LM plus what emovec needs: its residual-stream layers and chat format."""
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
@@ -312,8 +315,10 @@ class LanguageModel:
         trailing ``\\n\\nAssistant:`` when a reply is to follow.
         """
         if self.has_chat_template:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            return str(
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                )
             )
         parts = [f"{PLAIN_CHAT_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in messages]
         text = "\n\n".join(parts)

@@ -159,7 +159,7 @@ def count_progress(
         yield lambda n: update(n)
 
 
-def token_progress(total: int, label: str, enabled: bool = True):
+def token_progress(total: int, label: str, enabled: bool = True) -> Any:
     """:func:`count_progress` counting tokens (extraction, calibration)."""
     return count_progress(total, label, "tokens", enabled)
 

@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from emovec.errors import InputError
+from emovec.generation import chat_prompt
 from emovec.hooks import residual_hooks, run_to_layer
 from emovec.models import LanguageModel
+from emovec.scoring import CosineScorer, cosine_scores  # noqa: F401 - cosine_scores: as before
 from emovec.vectors import EmotionVectors
 
 #: Text-level pooling choices of :func:`read` (see the module docstring).
@@ -39,7 +42,7 @@ POOLS = {
 def pooled_positions(n: int, start_token: int, pool: str) -> slice:
     """The token positions (of a text of ``n`` tokens) that a summary averages over."""
     if pool not in POOLS:
-        raise ValueError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
+        raise InputError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
     if pool == "all":
         return slice(0, n)
     if pool == "last":
@@ -146,11 +149,6 @@ def residuals(lm: LanguageModel, ids: list[int], layers: list[int]) -> dict[int,
     return captured
 
 
-def cosine_scores(hidden: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Cosine of every row of ``hidden`` [T, d] with every unit direction [E, d] -> [T, E]."""
-    return torch.nn.functional.normalize(hidden.float(), dim=-1) @ directions.float().T
-
-
 def read(
     lm: LanguageModel,
     vectors: EmotionVectors,
@@ -170,22 +168,19 @@ def read(
     cosine. ``pool`` chooses how the text-level summary pools the tokens (:data:`POOLS`).
     """
     if not text or not text.strip():
-        raise ValueError("empty text: give some text to read")
+        raise InputError("empty text: give some text to read")
     if pool not in POOLS:
-        raise ValueError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
+        raise InputError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")
     vectors.check_model(lm)
     layer = vectors.default_layer if layer is None else layer
-    row = vectors.layer_index(layer)
+    vectors.layer_index(layer)  # an unknown layer is refused before the model runs
     names = vectors.emotions if emotions is None else [vectors.resolve(e) for e in emotions]
-    directions = vectors.reading_directions(layer)[[vectors.emotions.index(e) for e in names]]
-    prompt = lm.format_chat([{"role": "user", "content": text}]) if chat else text
+    prompt = chat_prompt(lm, text, chat)
     ids = lm.encode(prompt)
     span = text_span(lm, prompt, text, len(ids)) if chat else None
     hidden = residuals(lm, ids, [layer])[layer]
-    if center:
-        hidden = hidden - vectors.mean_activation[row]
-    scores = cosine_scores(hidden, directions).numpy()
-    tokens = [lm.tokenizer.decode([i]) for i in ids]
+    scores = CosineScorer(vectors, names, layer, center)(hidden)
+    tokens = [str(lm.tokenizer.decode([i])) for i in ids]
     start = int(vectors.params.get("start_token", 50))
     return Reading(
         tokens=tokens,

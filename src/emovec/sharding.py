@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from emovec.corpus import Corpus
+from emovec.errors import EmovecError
 from emovec.extraction import ExtractionSettings, PartialSums, accumulate, finish
 from emovec.files import write_atomic
 from emovec.vectors import EmotionVectors
@@ -41,7 +42,7 @@ _TENSORS = (
 )
 
 
-class ShardError(ValueError):
+class ShardError(EmovecError, ValueError):
     """Partial files that cannot be merged: gaps, duplicates, or mixed settings."""
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
+from emovec.errors import InputError
+from emovec.generation import generate  # noqa: F401 - emovec.steering.generate, as before
 from emovec.hooks import residual_hooks
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
@@ -76,7 +77,7 @@ def steer(
     """
     vectors.check_model(lm)
     if isinstance(positions, str) and positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
+        raise InputError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
     layers = [vectors.default_steer_layer] if layers is None else list(layers)
     for layer in layers:
         vectors.layer_index(layer)  # clear error for a layer the file lacks
@@ -101,11 +102,11 @@ def steer_directions(
     ``--control-vector-scaled FILE:SCALE`` does. Layers are emovec's (output of block L).
     """
     if isinstance(positions, str) and positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
+        raise InputError(f"positions must be one of {', '.join(POSITIONS)} or a boolean mask")
     deltas = {}
     for layer, direction in directions.items():
         if tuple(direction.shape) != (lm.d_model,):
-            raise ValueError(
+            raise InputError(
                 f"the vector for layer {layer} has shape {tuple(direction.shape)}, but the "
                 f"model's residual stream is {lm.d_model} wide: use vectors made for this model"
             )
@@ -147,15 +148,15 @@ def steer_rows(
     row_positions = [positions] * n if isinstance(positions, str) else list(positions)
     row_layers = [None] * n if layers is None else list(layers)
     if len(row_positions) != n or len(row_layers) != n:
-        raise ValueError(
+        raise InputError(
             f"steer_rows: {n} rows of strengths but {len(row_positions)} of positions and "
             f"{len(row_layers)} of layers; give one per row"
         )
     for where in row_positions:
         if where not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, not {where!r}")
+            raise InputError(f"positions must be one of {', '.join(POSITIONS)}, not {where!r}")
     if attention_mask is not None and attention_mask.shape[0] != n:
-        raise ValueError(f"attention_mask has {attention_mask.shape[0]} rows; strengths has {n}")
+        raise InputError(f"attention_mask has {attention_mask.shape[0]} rows; strengths has {n}")
     per_layer: dict[int, torch.Tensor] = {}
     for row, (wanted, chosen) in enumerate(zip(strengths, row_layers, strict=True)):
         if not wanted:
@@ -195,47 +196,3 @@ def steer_rows(
 
     with residual_hooks(lm.layers, dict.fromkeys(deltas, add), edits=True):
         yield
-
-
-def generate(
-    lm: LanguageModel,
-    prompts: str | Sequence[str],
-    max_new_tokens: int = 40,
-    chat: bool = True,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    **generate_kwargs: Any,
-) -> str | list[str]:
-    """Generate replies for one prompt or a batch (left-padded), returning only the new text.
-
-    With ``chat=True`` each prompt is a user message in the model's chat format.
-    """
-    single = isinstance(prompts, str)
-    batch = [prompts] if single else list(prompts)
-    if any(not p.strip() for p in batch):
-        raise ValueError("empty prompt: give some text to continue")
-    texts = [lm.format_chat([{"role": "user", "content": p}]) if chat else p for p in batch]
-    tok = lm.tokenizer
-    old_side, tok.padding_side = tok.padding_side, "left"
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
-    finally:
-        tok.padding_side = old_side
-    if seed is not None:
-        torch.manual_seed(seed)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": 0.95}
-        if temperature > 0
-        else {"do_sample": False}
-    )
-    with torch.no_grad():
-        out = lm.model.generate(
-            **{k: v.to(lm.device) for k, v in enc.items()},
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            **sampling,
-            **generate_kwargs,
-        )
-    new = out[:, enc["input_ids"].shape[1] :]
-    replies = [tok.decode(row, skip_special_tokens=True).strip() for row in new]
-    return replies[0] if single else replies

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from emovec import __version__, catalog
+from emovec.errors import EmovecError
+from emovec.files import atomic_path
 
 if TYPE_CHECKING:
     from emovec.models import LanguageModel
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 FORMAT = "emovec.vectors/1"
 
 
-class VectorFileError(ValueError):
+class VectorFileError(EmovecError, ValueError):
     """A vector file that is missing, corrupted, inconsistent, or built for another model."""
 
 
@@ -212,14 +212,8 @@ class EmotionVectors:
         meta = self.info()
         meta.pop("residual_norm")
         meta["checksum"] = _checksum(tensors)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"emovec": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"emovec": json.dumps(meta)})
         return path
 
     @classmethod

@@ -9,13 +9,15 @@ import numpy as np
 import torch
 
 from emovec.catalog import UnknownEmotionError
+from emovec.errors import EmovecError
 from emovec.extraction import right_padded
 from emovec.hooks import residual_hooks, run_to_layer
 from emovec.models import LanguageModel
+from emovec.scoring import CosineScorer
 from emovec.vectors import EmotionVectors
 
 
-class ExperimentError(ValueError):
+class ExperimentError(EmovecError, ValueError):
     """Input an experiment cannot use: a bad template, value, emotion list or model pair."""
 
 
@@ -90,11 +92,7 @@ def scores_from_residuals(
     """Centred cosine of residuals [n, L, d] with every emotion at each layer -> [n, L, E]."""
     out = np.empty((residual.shape[0], len(layers), len(vectors.emotions)), dtype=np.float32)
     for i, layer in enumerate(layers):
-        row = vectors.layer_index(layer)
-        x = residual[:, i] - vectors.mean_activation[row]
-        out[:, i] = (
-            torch.nn.functional.normalize(x, dim=-1) @ vectors.reading_directions(layer).T
-        ).numpy()
+        out[:, i] = CosineScorer(vectors, layer=layer)(residual[:, i])
     return out
 
 

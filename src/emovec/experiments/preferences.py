@@ -26,16 +26,26 @@ import torch
 
 from emovec.experiments.common import ExperimentError, pick_emotions, resolve_layer
 from emovec.experiments.result import Result, pyplot
+from emovec.generation import cache_argument, cache_of
 from emovec.hooks import backbone, residual_hooks
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
-from emovec.stats import MIN_N, TOO_FEW, correlation_ci, describe_correlation, shown_correlation
+from emovec.scoring import CosineScorer
+from emovec.stats import (
+    MIN_N,
+    TOO_FEW,
+    correlation_ci,
+    describe_correlation,
+    fit_bradley_terry,
+    fit_one,
+    pearson,
+    shown_correlation,
+    spearman,
+)
 from emovec.steering import steer
 from emovec.vectors import EmotionVectors
 
 QUESTION = "Would you prefer to (A) {a} or (B) {b}?"
-ELO_SCALE = 400 / math.log(10)
-ELO_BASE = 1500.0
 #: Emotions steered by default: the study's two headline ones and a spread over valence/arousal.
 STEER_EMOTIONS = [
     "blissful",
@@ -146,13 +156,10 @@ class ChoiceRunner:
         span = slice(len(p.head), len(ids))
         hooks = {}
         if steering is None and self.vectors is not None and a not in self.probes:
-            row = self.vectors.layer_index(self.read_layer)
+            scorer = CosineScorer(self.vectors, layer=self.read_layer)
 
             def probe(_layer, hidden, _offset):
-                x = hidden[0, span].float().cpu() - self.vectors.mean_activation[row]
-                readers = self.vectors.reading_directions(self.read_layer)
-                cos = torch.nn.functional.normalize(x, dim=-1) @ readers.T
-                self.probes[a] = cos.mean(0).numpy()
+                self.probes[a] = scorer(hidden[0, span].float().cpu()).mean(0)
 
             hooks[self.read_layer] = probe
         ctx = _no_steer()
@@ -166,8 +173,8 @@ class ChoiceRunner:
             )
         self.tokens += len(ids)
         if steering is None:
-            self.caches[a] = out.cache
-        return out.cache
+            self.caches[a] = cache_of(out)
+        return cache_of(out)
 
     def run(
         self,
@@ -204,8 +211,9 @@ class ChoiceRunner:
                 # Right padding needs no attention mask: with a causal model no real token
                 # attends to the pads that follow it.
                 with torch.no_grad(), ctx:
-                    hidden = backbone(lm.model)(
-                        input_ids=ids.to(lm.device), cache=cache, use_cache=True
+                    body = backbone(lm.model)
+                    hidden = body(
+                        input_ids=ids.to(lm.device), use_cache=True, **{cache_argument(body): cache}
                     ).last_hidden_state
                 last = torch.tensor([len(r) - 1 for r in rows])
                 out[chunk] = _letter_logits(
@@ -242,71 +250,6 @@ def full_prompt_logit(lm: LanguageModel, prompt: ChoicePrompt, a: int, b: int) -
             input_ids=torch.tensor([prompt.ids(a, b)], device=lm.device), use_cache=False
         ).last_hidden_state[:, -1]
     return float(_letter_logits(lm, hidden, prompt.letters)[0])
-
-
-def fit_bradley_terry(
-    n: int, pairs: Sequence[tuple[int, int]], margins: np.ndarray, l2: float = 1e-3
-) -> tuple[np.ndarray, float]:
-    """Elo per item and the letter bias from soft outcomes sigmoid(logit A - logit B).
-
-    Model: P(choose A) = sigmoid(r_a - r_b + bias); ratings are centred, then put on the Elo
-    scale (400 / ln 10 per unit, mean 1500). Items never compared keep the mean.
-    """
-    from scipy.optimize import minimize
-
-    a = np.array([x for x, _ in pairs])
-    b = np.array([y for _, y in pairs])
-    target = 1 / (1 + np.exp(-np.asarray(margins, dtype=np.float64)))
-
-    def loss(theta):
-        r, bias = theta[:n], theta[n]
-        z = r[a] - r[b] + bias
-        p = 1 / (1 + np.exp(-z))
-        nll = -(target * np.log(p + 1e-12) + (1 - target) * np.log(1 - p + 1e-12)).sum()
-        g = p - target
-        grad = np.zeros(n + 1)
-        np.add.at(grad, a, g)
-        np.add.at(grad, b, -g)
-        grad[n] = g.sum()
-        grad[:n] += 2 * l2 * r
-        return nll + l2 * (r**2).sum(), grad
-
-    theta = minimize(loss, np.zeros(n + 1), jac=True, method="L-BFGS-B").x
-    r = theta[:n] - theta[:n].mean()
-    return ELO_BASE + ELO_SCALE * r, float(theta[n])
-
-
-def fit_one(
-    item: int, pairs: Sequence[tuple[int, int]], margins: np.ndarray, elo: np.ndarray, bias: float
-) -> float:
-    """Elo of one item from its own comparisons, every other rating and the bias held fixed."""
-    from scipy.optimize import minimize_scalar
-
-    r = (elo - ELO_BASE) / ELO_SCALE
-    target = 1 / (1 + np.exp(-np.asarray(margins, dtype=np.float64)))
-    sign = np.array([1.0 if a == item else -1.0 for a, _ in pairs])
-    other = np.array([r[b] if a == item else r[a] for a, b in pairs])
-
-    def nll(x):
-        z = sign * (x - other) + bias  # always "A minus B" of the pair
-        p = 1 / (1 + np.exp(-z))
-        return -(target * np.log(p + 1e-12) + (1 - target) * np.log(1 - p + 1e-12)).sum()
-
-    x = minimize_scalar(nll, bounds=(-30, 30), method="bounded").x
-    return ELO_BASE + ELO_SCALE * float(x)
-
-
-def _pearson(x, y) -> float:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
 
 
 def run_preferences(
@@ -377,10 +320,10 @@ def run_preferences(
                 for k in (index[(a, b)], index[(b, a)])
             ]
             halves.append(fit_bradley_terry(n, [pairs[k] for k in keep], margins[keep])[0])
-        stability = _spearman(*halves)
+        stability = spearman(*halves)
 
         probes = np.stack([runner.probes[a] for a in range(n)])  # [n, E]
-        corr = {e: _pearson(probes[:, i], elo) for i, e in enumerate(vectors.emotions)}
+        corr = {e: pearson(probes[:, i], elo) for i, e in enumerate(vectors.emotions)}
 
         # Steering on the activity tokens only.
         steered_items = sorted(rng.choice(n, min(n_steered, n), replace=False).tolist())
@@ -408,7 +351,7 @@ def run_preferences(
             tick(sum(map(len, as_a.values())) + len(as_b_pairs))
         steer_seconds = time.perf_counter() - started
     shared = [e for e in steer_emotions if not math.isnan(corr[e])]
-    relation = _pearson([corr[e] for e in shared], [deltas[e] for e in shared])
+    relation = pearson([corr[e] for e in shared], [deltas[e] for e in shared])
 
     study_elo = [row["elo_post"] for row in acts]
     result = Result(
@@ -436,7 +379,7 @@ def run_preferences(
             "probe_elo_r": corr,
             "steering_delta_elo": deltas,
             "steering_vs_correlation_r": relation,
-            "elo_vs_study_spearman": _spearman(elo, study_elo),
+            "elo_vs_study_spearman": spearman(elo, study_elo),
             "tokens_forwarded": runner.tokens,
             "seconds_all_pairs": round(base_seconds, 1),
             "seconds_steering": round(steer_seconds, 1),

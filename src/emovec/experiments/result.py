@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emovec.files import write_atomic
+from emovec.errors import InputError
+from emovec.files import atomic_path, write_atomic
 
 FORMAT = "emovec.result/1"
 
@@ -97,9 +97,8 @@ class Result:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for fig, file in self._pending:
-            tmp = folder / f".{file}.tmp.png"
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
-            os.replace(tmp, folder / file)
+            with atomic_path(folder / file) as tmp:
+                fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(file).suffix[1:])
             plt.close(fig)
         self._pending.clear()
         write_json(folder / "result.json", self.to_dict())
@@ -112,9 +111,9 @@ def load_result(folder: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable result file: {exc}") from exc
+        raise InputError(f"{path} is not a readable result file: {exc}") from exc
     if data.get("format") != FORMAT or "title" not in data:
-        raise ValueError(f"{path} is not an emovec result (format {FORMAT!r} with a title)")
+        raise InputError(f"{path} is not an emovec result (format {FORMAT!r} with a title)")
     return data
 
 

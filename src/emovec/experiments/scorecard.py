@@ -28,7 +28,8 @@ from emovec.experiments.common import ExperimentError, check_compatible, pick_em
 from emovec.experiments.result import Result, pyplot
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
-from emovec.reading import POOLS, cosine_scores, pooled_positions, residuals
+from emovec.reading import POOLS, pooled_positions, residuals
+from emovec.scoring import CosineScorer
 from emovec.vectors import EmotionVectors
 
 
@@ -108,11 +109,9 @@ def classify_messages(
     labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
     summaries = {p: np.empty((len(keep), len(layers), len(vectors.emotions))) for p in pools}
     for li, layer in enumerate(layers):
-        row = vectors.layer_index(layer)
-        directions = vectors.reading_directions(layer)
+        scorer = CosineScorer(vectors, layer=layer)
         for k, i in enumerate(keep):
-            hidden = cached[i][:, li] - vectors.mean_activation[row]
-            s = cosine_scores(hidden, directions).numpy()
+            s = scorer(cached[i][:, li])
             for p in pools:
                 summaries[p][k, li] = s[pooled_positions(len(s), start, p)].mean(axis=0)
     out: dict[str, Any] = {

@@ -18,6 +18,7 @@ from emovec.experiments.common import (
 )
 from emovec.experiments.result import Result, pyplot
 from emovec.models import LanguageModel
+from emovec.stats import spearman_columns
 from emovec.vectors import EmotionVectors
 
 PLACEHOLDER = "{X}"
@@ -142,19 +143,6 @@ def load_templates(path: str | Path) -> list[SweepTemplate]:
     return out
 
 
-def spearman(x: Sequence[float], y: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of ``x`` [n] with every column of ``y`` [n, k] (ties averaged)."""
-    from scipy.stats import rankdata
-
-    rx = rankdata(x)
-    ry = np.apply_along_axis(rankdata, 0, y)
-    rx = (rx - rx.mean()) / (np.linalg.norm(rx - rx.mean()) or 1)
-    ry = ry - ry.mean(0)
-    norms = np.linalg.norm(ry, axis=0)
-    norms[norms == 0] = 1
-    return rx @ (ry / norms)
-
-
 def sweep_scores(
     lm: LanguageModel,
     vectors: EmotionVectors,
@@ -192,7 +180,10 @@ def agreement_by_layer(
     return [
         agreement(
             templates,
-            [spearman(t.values, s[:, li]) for t, s in zip(templates, per_template, strict=True)],
+            [
+                spearman_columns(t.values, s[:, li])
+                for t, s in zip(templates, per_template, strict=True)
+            ],
             emotions,
         )
         for li in range(n_layers)
@@ -216,7 +207,9 @@ def run_sweeps(
         t.expect = {vectors.resolve(e): s for e, s in t.expect.items()}
     layer = resolve_layer(vectors, layer)
     per_template = sweep_scores(lm, vectors, templates, [layer])
-    rhos = [spearman(t.values, s[:, 0]) for t, s in zip(templates, per_template, strict=True)]
+    rhos = [
+        spearman_columns(t.values, s[:, 0]) for t, s in zip(templates, per_template, strict=True)
+    ]
     share, mean_signed = agreement(templates, rhos, vectors.emotions)
 
     result = Result(

@@ -1,6 +1,6 @@
 """``emovec serve``: a local web dashboard over :class:`emovec.monitor.LiveMonitor`.
 
-One page (plain HTML/JS/CSS shipped in ``emovec/web``, no build step, nothing fetched from the
+One page (plain HTML/JS/CSS shipped in ``emovec/apps/web``, no build step, nothing fetched from the
 network) talks to a websocket that streams each reply token with its scores as the model
 produces it. The server is a thin shell: it validates and bounds every input, runs one
 generation at a time in a worker thread (so the event loop keeps answering), writes each reply
@@ -24,19 +24,22 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from emovec.apps.web_guard import Guard, allowed_hosts, new_token
+from emovec.errors import EmovecError, InputError
 from emovec.models import LanguageModel
 from emovec.monitor import (
+    RULE_KINDS,
     AlertRule,
     Baseline,
     LiveMonitor,
     MonitorError,
-    _vectors_key,
+    baseline_key,
     calibrate,
+    default_watch,
     read_trace,
 )
 from emovec.steering import POSITIONS
 from emovec.vectors import EmotionVectors, VectorFileError
-from emovec.web_guard import Guard, allowed_hosts, new_token
 
 #: The files of the page; nothing else is served from the package.
 WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
@@ -77,7 +80,7 @@ class VectorsBody(BaseModel):
     file: str = Field(min_length=1, max_length=128)
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """A client request that is malformed or out of bounds; the message says which."""
 
 
@@ -104,7 +107,7 @@ class Dashboard:
         self.served = 0
 
     def _calibrate(self, vectors: EmotionVectors) -> Baseline:
-        key = _vectors_key(vectors, vectors.default_layer, True)
+        key = baseline_key(vectors, vectors.default_layer, True)
         cache = self.data_dir / "baselines" / f"{key}-{self.calibration['limit']}.json"
         return calibrate(self.lm, vectors, cache=cache, **self.calibration)
 
@@ -145,17 +148,15 @@ class Dashboard:
         return self.info()
 
     def info(self) -> dict[str, Any]:
-        preferred = ("desperate", "afraid", "angry", "sad", "calm", "happy")
-        watch = [e for e in preferred if e in self.vectors.emotions] or self.vectors.emotions[:6]
         return {
             "model": self.lm.name,
             "vectors": self.vectors_name,
             "layer": self.vectors.default_layer,
             "steer_layer": self.vectors.default_steer_layer,
             "emotions": self.vectors.emotions,
-            "watch": watch,
+            "watch": default_watch(self.vectors),
             "positions": list(POSITIONS),
-            "rule_kinds": ["level", "rise", "spike"],
+            "rule_kinds": list(RULE_KINDS),
             "baseline": {"source": self.baseline.source, "n_tokens": self.baseline.n_tokens},
             "limits": self.limits.__dict__,
             "traces": self.traces(),
@@ -189,7 +190,7 @@ class Dashboard:
             raise RequestError("max_new_tokens must be an integer")
         if not 1 <= tokens <= lim.max_new_tokens:
             raise RequestError(f"max_new_tokens must be 1..{lim.max_new_tokens}")
-        emotions = message.get("emotions") or self.info()["watch"]
+        emotions = message.get("emotions") or default_watch(self.vectors)
         if not isinstance(emotions, list) or not all(isinstance(e, str) for e in emotions):
             raise RequestError("emotions must be a list of names")
         if len(emotions) > lim.emotions:
@@ -303,7 +304,7 @@ def create_app(
     turns that check off: tests only); Host and Origin are always checked.
     """
     app = FastAPI(title="emovec dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    web = resources.files("emovec") / "web"
+    web = resources.files("emovec.apps") / "web"
 
     def page_file(name: str) -> Response:
         return Response((web / name).read_bytes(), media_type=WEB_FILES[name])
@@ -361,7 +362,7 @@ def create_app(
                 text = await ws.receive_text()
                 try:
                     request = dashboard.parse_request(text)
-                except (RequestError, ValueError) as exc:
+                except EmovecError as exc:  # RequestError, unknown emotion, bad rule
                     await ws.send_json({"type": "error", "message": str(exc).splitlines()[0]})
                     continue
                 if request["type"] == "ping":

@@ -1,8 +1,9 @@
-"""Checks that vectors mean what they say, judged by something other than the vectors.
+"""Does steering move the sentiment of replies? A check judged by something other than the vectors.
 
 :func:`steering_sentiment` steers generation toward one emotion and toward another and scores
 the replies with VADER, a lexicon sentiment scorer that knows nothing of the model, then asks
-whether the difference could be chance (a permutation test).
+whether the difference could be chance (a permutation test). The main job
+(:mod:`emovec.apps.pipeline`) runs it and the scorecard reads its ``steering_sentiment.json``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from emovec.errors import MissingDependencyError
+from emovec.generation import generate
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
-from emovec.steering import generate, steer
+from emovec.steering import steer
 from emovec.vectors import EmotionVectors
 
 DEFAULT_PROMPTS = [
@@ -34,7 +37,7 @@ def sentiment(texts: Sequence[str]) -> np.ndarray:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
+        raise MissingDependencyError(
             "the sentiment scorer needs vaderSentiment: pip install vaderSentiment"
         ) from exc
     analyzer = SentimentIntensityAnalyzer()
@@ -55,6 +58,9 @@ def permutation_pvalue(a: np.ndarray, b: np.ndarray, rounds: int = 10000, seed: 
 
 @dataclass
 class SteeringSentiment:
+    """Mean VADER sentiment of replies per steering condition, and the one-sided p-value that
+    ``+positive`` beats ``+negative`` by chance."""
+
     positive: str
     negative: str
     strength: float

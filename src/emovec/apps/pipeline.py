@@ -16,13 +16,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from emovec.apps.report import build_report
 from emovec.corpus import load_corpus
+from emovec.experiments.steering_sentiment import steering_sentiment
 from emovec.extraction import extract
 from emovec.files import write_atomic
+from emovec.generation import generate
 from emovec.models import DEFAULT_MODEL, load_model, recommended_strength
 from emovec.reading import read
-from emovec.steering import generate, steer
-from emovec.validate import steering_sentiment
+from emovec.steering import steer
 from emovec.vectors import EmotionVectors, VectorFileError
 
 SAMPLE_TEXTS = [
@@ -328,13 +330,15 @@ def run_case_studies(lm, vectors: EmotionVectors, out_dir: Path, console: Consol
     return rates
 
 
-def run_demo(
+def run_pipeline(
     out_dir: Path,
     model: str = DEFAULT_MODEL,
     samples_per_prompt: int = 3,
     rebuild: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    """Run the main job for ``model`` into ``out_dir/<model>`` and return its summary (also
+    written to ``summary.json``); every step prints a line on ``console``."""
     console = console or Console()
     out_dir = Path(out_dir) / model.replace("/", "--")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -386,8 +390,6 @@ def run_demo(
     experiments = run_experiments(lm, vectors, out_dir, console)
     studies = run_case_studies(lm, vectors, out_dir, console)
     card = run_scorecard_section(lm, vectors, out_dir, console)
-    from emovec.report import build_report
-
     report = build_report(
         out_dir,
         context={

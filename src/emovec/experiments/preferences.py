@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -252,6 +252,65 @@ def full_prompt_logit(lm: LanguageModel, prompt: ChoicePrompt, a: int, b: int) -
     return float(_letter_logits(lm, hidden, prompt.letters)[0])
 
 
+@dataclass
+class PairFit:
+    """The unsteered choices and the Bradley-Terry fit on them, which steering is compared to."""
+
+    pairs: list[tuple[int, int]]
+    margins: np.ndarray
+    elo: np.ndarray
+    bias: float
+
+
+def split_half_elo(
+    n: int, pairs: list[tuple[int, int]], margins: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Elo fitted on each of two disjoint halves of the unordered pairs (both orders of a pair
+    stay together), for the rank stability of the ratings."""
+    unordered = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    half = set(rng.permutation(len(unordered))[: len(unordered) // 2].tolist())
+    index = {p: k for k, p in enumerate(pairs)}
+    halves = []
+    for part in (True, False):
+        keep = [
+            k
+            for u, (a, b) in enumerate(unordered)
+            if (u in half) == part
+            for k in (index[(a, b)], index[(b, a)])
+        ]
+        halves.append(fit_bradley_terry(n, [pairs[k] for k in keep], margins[keep])[0])
+    return halves
+
+
+def steered_elo_changes(
+    runner: ChoiceRunner,
+    baseline: PairFit,
+    spec: tuple[dict[str, float], int],
+    steered_items: list[int],
+    opponents: list[int],
+    tick: Callable[[int], None],
+) -> list[float]:
+    """Per steered activity, its Elo refitted from its pairs with the activity's tokens steered
+    by ``spec`` (strengths, layer), minus the same refit on the unsteered pairs; every other
+    rating and the letter bias stay fixed. Both orders: the activity as option A and as B."""
+    index = {p: k for k, p in enumerate(baseline.pairs)}
+    as_a = {i: [(i, j) for j in opponents if j != i] for i in steered_items}
+    margins_a = {i: runner.run(as_a[i], steer_a=spec) for i in steered_items}
+    as_b_pairs = [(j, i) for j in opponents for i in steered_items if j != i]
+    margins_b = runner.run(as_b_pairs, steer_b=spec)
+    elo, bias = baseline.elo, baseline.bias
+    changes = []
+    for i in steered_items:
+        own = as_a[i] + [p for p in as_b_pairs if p[1] == i]
+        new = np.concatenate(
+            [margins_a[i], margins_b[[k for k, p in enumerate(as_b_pairs) if p[1] == i]]]
+        )
+        old = baseline.margins[[index[p] for p in own]]
+        changes.append(fit_one(i, own, new, elo, bias) - fit_one(i, own, old, elo, bias))
+    tick(sum(map(len, as_a.values())) + len(as_b_pairs))
+    return changes
+
+
 def run_preferences(
     lm: LanguageModel,
     vectors: EmotionVectors,
@@ -307,19 +366,7 @@ def run_preferences(
         base_seconds = time.perf_counter() - started
         elo, bias = fit_bradley_terry(n, pairs, margins)
 
-        # Stability: split the unordered pairs (both orders together) into two disjoint halves.
-        unordered = [(a, b) for a in range(n) for b in range(a + 1, n)]
-        half = set(rng.permutation(len(unordered))[: len(unordered) // 2].tolist())
-        index = {p: k for k, p in enumerate(pairs)}
-        halves = []
-        for part in (True, False):
-            keep = [
-                k
-                for u, (a, b) in enumerate(unordered)
-                if (u in half) == part
-                for k in (index[(a, b)], index[(b, a)])
-            ]
-            halves.append(fit_bradley_terry(n, [pairs[k] for k in keep], margins[keep])[0])
+        halves = split_half_elo(n, pairs, margins, rng)
         stability = spearman(*halves)
 
         probes = np.stack([runner.probes[a] for a in range(n)])  # [n, E]
@@ -330,72 +377,125 @@ def run_preferences(
         pool = [i for i in range(n) if i not in steered_items] or list(range(n))
         opponents = sorted(rng.choice(pool, min(n_opponents, len(pool)), replace=False).tolist())
         started = time.perf_counter()
-        deltas: dict[str, float] = {}
-        per_item: dict[str, list[float]] = {}
-        for e in steer_emotions:
-            spec = ({e: strength}, steer_layer)
-            changes = []
-            as_a = {i: [(i, j) for j in opponents if j != i] for i in steered_items}
-            margins_a = {i: runner.run(as_a[i], steer_a=spec) for i in steered_items}
-            as_b_pairs = [(j, i) for j in opponents for i in steered_items if j != i]
-            margins_b = runner.run(as_b_pairs, steer_b=spec)
-            for i in steered_items:
-                own = as_a[i] + [p for p in as_b_pairs if p[1] == i]
-                new = np.concatenate(
-                    [margins_a[i], margins_b[[k for k, p in enumerate(as_b_pairs) if p[1] == i]]]
-                )
-                old = margins[[index[p] for p in own]]
-                changes.append(fit_one(i, own, new, elo, bias) - fit_one(i, own, old, elo, bias))
-            deltas[e] = float(np.mean(changes))
-            per_item[e] = changes
-            tick(sum(map(len, as_a.values())) + len(as_b_pairs))
+        baseline = PairFit(pairs, margins, elo, bias)
+        per_item = {
+            e: steered_elo_changes(
+                runner, baseline, ({e: strength}, steer_layer), steered_items, opponents, tick
+            )
+            for e in steer_emotions
+        }
+        deltas = {e: float(np.mean(changes)) for e, changes in per_item.items()}
         steer_seconds = time.perf_counter() - started
-    shared = [e for e in steer_emotions if not math.isnan(corr[e])]
-    relation = pearson([corr[e] for e in shared], [deltas[e] for e in shared])
+    return preferences_result(
+        PreferenceMeasurements(
+            vectors=vectors,
+            acts=acts,
+            chosen=chosen,
+            n_activities=n_activities,
+            n=n,
+            pairs=pairs,
+            layer=layer,
+            steer_layer=steer_layer,
+            strength=strength,
+            seed=seed,
+            runner=runner,
+            elo=elo,
+            bias=bias,
+            halves=halves,
+            stability=stability,
+            probes=probes,
+            corr=corr,
+            steer_emotions=list(steer_emotions),
+            steered_items=steered_items,
+            opponents=opponents,
+            per_item=per_item,
+            deltas=deltas,
+            base_seconds=base_seconds,
+            steer_seconds=steer_seconds,
+        )
+    )
 
-    study_elo = [row["elo_post"] for row in acts]
+
+@dataclass
+class PreferenceMeasurements:
+    """Everything :func:`run_preferences` measured, before it is put beside the study."""
+
+    vectors: EmotionVectors
+    acts: list[dict]
+    chosen: list[int]
+    n_activities: int | None
+    n: int
+    pairs: list[tuple[int, int]]
+    layer: int
+    steer_layer: int
+    strength: float
+    seed: int
+    runner: ChoiceRunner
+    elo: np.ndarray
+    bias: float
+    halves: list[np.ndarray]
+    stability: float
+    probes: np.ndarray
+    corr: dict[str, float]
+    steer_emotions: list[str]
+    steered_items: list[int]
+    opponents: list[int]
+    per_item: dict[str, list[float]]
+    deltas: dict[str, float]
+    base_seconds: float
+    steer_seconds: float
+
+
+def preferences_result(m: PreferenceMeasurements) -> Result:
+    """The preference experiment's result: settings, metrics with intervals, the comparisons
+    with the study, tables and the figure."""
+
+    shared = [e for e in m.steer_emotions if not math.isnan(m.corr[e])]
+    relation = pearson([m.corr[e] for e in shared], [m.deltas[e] for e in shared])
+
+    study_elo = [row["elo_post"] for row in m.acts]
     result = Result(
         "preferences",
         "Preferences between activities",
         order=60,
         settings={
             "question": QUESTION + " (reply prefilled up to '(')",
-            "n_activities": n,
-            "n_ordered_pairs": len(pairs),
-            "probe_layer": layer,
-            "steer_layer": steer_layer,
-            "strength": strength,
-            "steered_emotions": steer_emotions,
-            "n_steered_activities": len(steered_items),
-            "n_opponents": len(opponents),
-            "seed": seed,
-            "activities_subset": chosen if n_activities is not None else "all 64",
+            "n_activities": m.n,
+            "n_ordered_pairs": len(m.pairs),
+            "probe_layer": m.layer,
+            "steer_layer": m.steer_layer,
+            "strength": m.strength,
+            "steered_emotions": m.steer_emotions,
+            "n_steered_activities": len(m.steered_items),
+            "n_opponents": len(m.opponents),
+            "seed": m.seed,
+            "activities_subset": m.chosen if m.n_activities is not None else "all 64",
             "steering_design": "each steered activity vs the same opponents, both orders; "
             "its Elo refitted with all other ratings fixed",
         },
         metrics={
-            "letter_bias_logit": bias,
-            "elo_stability_spearman": stability,
-            "probe_elo_r": corr,
-            "steering_delta_elo": deltas,
+            "letter_bias_logit": m.bias,
+            "elo_stability_spearman": m.stability,
+            "probe_elo_r": m.corr,
+            "steering_delta_elo": m.deltas,
             "steering_vs_correlation_r": relation,
-            "elo_vs_study_spearman": spearman(elo, study_elo),
-            "tokens_forwarded": runner.tokens,
-            "seconds_all_pairs": round(base_seconds, 1),
-            "seconds_steering": round(steer_seconds, 1),
+            "elo_vs_study_spearman": spearman(m.elo, study_elo),
+            "tokens_forwarded": m.runner.tokens,
+            "seconds_all_pairs": round(m.base_seconds, 1),
+            "seconds_steering": round(m.steer_seconds, 1),
         },
         data={
-            "activities": [row["activity"] for row in acts],
-            "elo": elo.round(1).tolist(),
+            "activities": [row["activity"] for row in m.acts],
+            "elo": m.elo.round(1).tolist(),
             "study_elo": study_elo,
             "probes": {
-                e: probes[:, i].round(5).tolist()
-                for i, e in enumerate(vectors.emotions)
-                if e in steer_emotions
+                e: m.probes[:, i].round(5).tolist()
+                for i, e in enumerate(m.vectors.emotions)
+                if e in m.steer_emotions
             },
-            "steering_per_activity": per_item,
-            "steered_activities": steered_items,
-            "opponents": opponents,
+            "steering_per_activity": m.per_item,
+            "steered_activities": m.steered_items,
+            "opponents": m.opponents,
         },
     )
     # Every correlation beside the study's comes with its n and a 95% interval (Fisher z).
@@ -412,18 +512,20 @@ def run_preferences(
         )
 
     for e, study_r, study_d in (("blissful", 0.71, 212), ("hostile", -0.74, -303)):
-        if e in vectors.emotions:
+        if e in m.vectors.emotions:
             compare_r(
                 f"r(probe '{e}' on activity tokens, Elo)",
                 f"probe_elo_r_{e}",
-                corr[e],
-                n,
+                m.corr[e],
+                m.n,
                 study_r,
                 "(activities); study 64 activities",
             )
-        if e in deltas:
+        if e in m.deltas:
             result.compare(
-                f"Elo change steering '{e}' (s = {strength})", round(deltas[e], 1), f"{study_d:+d}"
+                f"Elo change steering '{e}' (s = {m.strength})",
+                round(m.deltas[e], 1),
+                f"{study_d:+d}",
             )
     compare_r(
         "r(steering Elo change, probe-Elo correlation) across emotions",
@@ -436,37 +538,37 @@ def run_preferences(
     compare_r(
         "Elo rank stability: Spearman between two disjoint halves of the pairs",
         "elo_stability_spearman",
-        stability,
-        n,
+        m.stability,
+        m.n,
         None,
-        f"(activities); {len(unordered) // 2} unordered pairs per half",
+        f"(activities); {m.n * (m.n - 1) // 4} unordered pairs per half",
         method="spearman",
     )
     compare_r(
         "Spearman of our Elo with the study's (Claude Sonnet 4.5)",
         "elo_vs_study_spearman",
         result.metrics["elo_vs_study_spearman"],
-        n,
+        m.n,
         None,
         "(activities); different model: only a loose match is expected",
         method="spearman",
     )
     result.metrics["ci95"] = intervals
-    result.compare("letter bias (logit A minus B at equal Elo)", round(bias, 3))
-    order = np.argsort(-elo)
+    result.compare("letter bias (logit A minus B at equal Elo)", round(m.bias, 3))
+    order = np.argsort(-m.elo)
     result.add_table(
         "Elo per activity (ours, and the study's post-trained model)",
         ["rank", "activity", "Elo", "study Elo"],
         [
-            [r + 1, acts[i]["activity"], round(float(elo[i])), int(study_elo[i])]
+            [r + 1, m.acts[i]["activity"], round(float(m.elo[i])), int(study_elo[i])]
             for r, i in enumerate(order)
         ],
     )
-    top = sorted(corr.items(), key=lambda kv: -abs(kv[1]) if not math.isnan(kv[1]) else 0)
+    top = sorted(m.corr.items(), key=lambda kv: -abs(kv[1]) if not math.isnan(kv[1]) else 0)
     result.add_table(
         "Emotions whose probe value on the activity tokens tracks Elo most",
         ["emotion", "r(probe, Elo)", "steering Elo change"],
-        [[e, round(r, 3), round(deltas[e], 1) if e in deltas else ""] for e, r in top[:15]],
+        [[e, round(r, 3), round(m.deltas[e], 1) if e in m.deltas else ""] for e, r in top[:15]],
     )
     relation_text = (
         f"at r = {relation:+.2f} ({describe_correlation(relation, len(shared))}; study: 0.85)"
@@ -474,13 +576,13 @@ def run_preferences(
         else f"over {len(shared)} emotions, {TOO_FEW} (study: 0.85 over 35)"
     )
     result.summary = (
-        f"{len(pairs)} ordered choices among {n} activities (Elo stability between disjoint "
-        f"halves: Spearman {stability:.2f}). Steering {len(steer_emotions)} emotions on the "
-        f"activity tokens (s = {strength}): the Elo change tracks the probe-Elo correlation "
+        f"{len(m.pairs)} ordered choices among {m.n} activities (Elo stability between disjoint "
+        f"halves: Spearman {m.stability:.2f}). Steering {len(m.steer_emotions)} emotions on the "
+        f"activity tokens (s = {m.strength}): the Elo change tracks the probe-Elo correlation "
         f"{relation_text}."
     )
     result.add_figure(
-        _plot(elo, halves, corr, deltas, steer_emotions),
+        _plot(m.elo, m.halves, m.corr, m.deltas, m.steer_emotions),
         "preferences.png",
         "Left: Elo from one half of the pairs against the other. Right: per "
         "emotion, probe-Elo correlation against the Elo change from steering.",

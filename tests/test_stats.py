@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from emovec import stats
 from emovec.experiments import ExperimentError, geometry
 from emovec.stats import (
     MIN_N,
@@ -137,3 +138,12 @@ def test_preference_correlations_show_n_and_interval_or_too_few(monkeypatch, lm,
     assert TOO_FEW in one.summary
     stability = rows["Elo rank stability: Spearman between two disjoint halves of the pairs"]
     assert stability["ours"] == TOO_FEW and stability["note"].startswith("n = 4: too few")
+
+
+def test_rate_difference_matches_newcombes_worked_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, method 10: 56/70 vs 48/80.
+    d, lo, hi = stats.rate_difference(56, 70, 48, 80)
+    assert d == pytest.approx(0.2)
+    assert lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
+    d, lo, hi = stats.rate_difference(0, 10, 0, 10)  # both zero: the interval still has width
+    assert d == 0 and lo < 0 < hi

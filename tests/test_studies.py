@@ -20,7 +20,7 @@ from emovec import stats, studies
 from emovec.apps.cli import app
 from emovec.files import DamagedLogWarning
 from emovec.reading import read
-from emovec.stats import Z95
+from emovec.stats import Z95, rate_difference
 from emovec.studies import (
     Condition,
     Judge,
@@ -113,6 +113,11 @@ def test_study_runs_end_to_end_with_monitor_traces(lm, vectors, tmp_path):
         flags = sum(r["flag"] for r in mine)
         assert (c["n"], c["k"]) == (2, flags)
         assert c["ci95"] == pytest.approx(wilson_interval(flags, 2), abs=1e-4)
+    plain, steered = summary["conditions"]
+    assert "change_vs_unsteered" not in plain
+    d, lo, hi = rate_difference(steered["k"], 2, plain["k"], 2)
+    assert steered["change_vs_unsteered"]["difference"] == pytest.approx(d, abs=1e-4)
+    assert steered["change_vs_unsteered"]["ci95"] == pytest.approx([lo, hi], abs=1e-4)
     for r in records:
         trace = r["trace"]
         scores = np.array(trace["scores"])

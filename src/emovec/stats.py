@@ -168,3 +168,14 @@ def fit_one(
 
     x = minimize_scalar(nll, bounds=(-30, 30), method="bounded").x
     return ELO_BASE + ELO_SCALE * float(x)
+
+
+def rate_difference(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float, float]:
+    """Difference of two rates, k1/n1 - k2/n2, with its 95% interval by Newcombe's hybrid
+    score method (built from each rate's Wilson interval; stays sane near 0 and 1)."""
+    if n1 <= 0 or n2 <= 0:
+        raise InputError("each rate needs at least one trial")
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(k1, n1), wilson_interval(k2, n2)
+    d = p1 - p2
+    return d, d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)

@@ -144,9 +144,16 @@ def render_page(summary: dict[str, Any], records: Sequence[dict[str, Any]], out:
         if judge and judge.get("failed"):
             judge_cell = f"{judge_cell} failed on {judge['failed']}".strip()
         labels = ", ".join(f"{k} {v}" for k, v in sorted(c["labels"].items()))
+        change = c.get("change_vs_unsteered")
+        shift = (
+            f"{100 * change['difference']:+.0f} points ({100 * change['ci95'][0]:+.0f} to "
+            f"{100 * change['ci95'][1]:+.0f})"
+            if change
+            else ""
+        )
         rows.append(
             f"<tr><td>{esc(c['condition'])}</td><td>{c['n']}</td><td>{_pct(c['rate'])}</td>"
-            f"<td>{_pct(c['ci95'][0])} – {_pct(c['ci95'][1])}</td>"
+            f"<td>{_pct(c['ci95'][0])} – {_pct(c['ci95'][1])}</td><td>{shift}</td>"
             f"<td>{_pct(c['paper_rate'])}</td><td>{esc(judge_cell)}</td>"
             f"<td>{esc(labels)}</td></tr>"
         )
@@ -188,6 +195,7 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:.5rem}}</style></head><body
 tokens, temperature {summary["temperature"]}; grader <code>{esc(summary["grader"])}</code>.
 {"" if summary["complete"] else "<b>Incomplete: the study has not finished.</b>"}</p>
 <table><tr><th>condition</th><th>n</th><th>rate (ours)</th><th>95% Wilson</th>
+<th>change vs unsteered (95%, Newcombe)</th>
 <th>paper</th><th>LLM judge</th><th>labels</th></tr>{"".join(rows)}</table>
 {grader_note}<p><small>Paper: {esc(ref.get("source", ""))}</small></p>
 {_img(out / RATE_FIGURE)}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emovec.stats import wilson_interval
+from emovec.stats import rate_difference, wilson_interval
 from emovec.studies.grader_check import rule_is_reliable
 from emovec.studies.judge import judge_failed, judge_health
 from emovec.studies.scenario import Condition, Scenario
@@ -27,6 +27,22 @@ def _rate(flags: Sequence[bool]) -> dict[str, Any]:
     k, n = int(sum(flags)), len(flags)
     lo, hi = wilson_interval(k, n)
     return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def _add_changes(study: Study, conditions: list[dict[str, Any]]) -> None:
+    """Each steered condition's rate minus the unsteered one's, with a 95% interval
+    (Newcombe), where the study has an unsteered condition and both have rollouts."""
+    plain = [c for c, cond in zip(conditions, study.conditions, strict=True) if not cond.steered]
+    if not plain or not plain[0]["n"]:
+        return
+    base = plain[0]
+    for c, cond in zip(conditions, study.conditions, strict=True):
+        if cond.steered and c["n"]:
+            d, lo, hi = rate_difference(c["k"], c["n"], base["k"], base["n"])
+            c["change_vs_unsteered"] = {
+                "difference": round(d, 4),
+                "ci95": [round(lo, 4), round(hi, 4)],
+            }
 
 
 def _reference_rate(scenario: Scenario, condition: Condition) -> float | None:
@@ -72,6 +88,7 @@ def summarise(
         if mine:
             entry |= _mean_readings(mine)
         conditions.append(entry)
+    _add_changes(study, conditions)
     return {
         "scenario": study.scenario.name,
         "description": study.scenario.description,

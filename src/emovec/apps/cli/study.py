@@ -113,11 +113,18 @@ def run_(
         judge = Judge(judge_url, judge_model, api_key=os.environ.get("EMOVEC_JUDGE_API_KEY"))
     summary = run_study(lm, vecs, study, out_dir, judge=judge, progress=True)
     judged = summary.get("judge")
-    table = Table("condition", "n", "rate", "95% CI", "paper", *(["judge"] if judged else []))
+    columns = ["condition", "n", "rate", "95% CI", "vs unsteered (95% CI)", "paper"]
+    table = Table(*columns, *(["judge"] if judged else []))
     for c in summary["conditions"]:
         paper = "" if c["paper_rate"] is None else f"{c['paper_rate']:.0%}"
         ci = f"{c['ci95'][0]:.0%}-{c['ci95'][1]:.0%}"
-        row = [c["condition"], str(c["n"]), f"{c['rate']:.0%}", ci, paper]
+        change = c.get("change_vs_unsteered")
+        shift = (
+            f"{change['difference']:+.0%} ({change['ci95'][0]:+.0%} to {change['ci95'][1]:+.0%})"
+            if change
+            else ""
+        )
+        row = [c["condition"], str(c["n"]), f"{c['rate']:.0%}", ci, shift, paper]
         if judged:
             j = c.get("judge") or {"n": 0, "failed": 0}
             cell = f"{j['rate']:.0%} (n={j['n']})" if j["n"] else "-"

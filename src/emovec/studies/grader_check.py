@@ -1,9 +1,10 @@
 """How far a rule grader can be trusted: its agreement with hand-labelled replies.
 
 Rule graders read cues (an agreement word near the start, a secret's terms in an email, a
-test that passes), so they can be fooled by wording. ``benchmarks/grader_labels/<scenario>.jsonl``
-holds real model replies, each read and labelled one by one by a reviewer, never by keyword
-code (``human_flag``, ``human_label``, ``reason``). :func:`grader_agreement` runs the scenario's rule grader on each reply and gives
+test that passes), so they can be fooled by wording.
+``benchmarks/grader_labels/<scenario>.jsonl`` holds real model replies, each read and
+labelled one by one by a reviewer, never by keyword code (``human_flag``, ``human_label``,
+``reason``). :func:`grader_agreement` runs the scenario's rule grader on each reply and gives
 accuracy, precision and recall with Wilson intervals. Bundled scenarios carry the measured
 figure as ``rule_accuracy``; a rule below :data:`RELIABLE` is called unreliable, and a study
 then reports the LLM judge's rate as its headline when a judge ran (and says to add one when

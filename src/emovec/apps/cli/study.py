@@ -147,7 +147,8 @@ def run_(
             else "add --judge-url for an LLM judge and read its column"
         )
         err.print(
-            f"[yellow]the {sc.grader} rule grader agrees with hand labels on only {shown}:[/] {advice}",
+            f"[yellow]the {sc.grader} rule grader agrees with hand labels on only "
+            f"{shown}:[/] {advice}",
             highlight=False,
             soft_wrap=True,
         )

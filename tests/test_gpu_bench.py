@@ -164,3 +164,32 @@ def test_extraction_reads_the_device_once_per_batch_not_per_layer(toy):
                 pass
         reads.append(sum(counts.values()))
     assert reads[0] == reads[1], reads
+
+
+def test_steering_takes_effect_on_a_model_compiled_before_it(toy):
+    """torch skips compiled code's guards on module hooks by default, so a hook added after
+    the first compiled call was silently ignored; emovec turns the guards on for its models."""
+    import torch._dynamo as dynamo
+
+    from emovec.steering import steer
+
+    lm, vectors, _ = toy
+    ids = torch.randint(
+        0, lm.model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0)
+    )
+    dynamo.reset()
+    try:
+        with torch.no_grad():
+            plain = lm.model(input_ids=ids).logits[:, -1]
+            with steer(lm, vectors, {"happy": 4.0}):
+                expected = lm.model(input_ids=ids).logits[:, -1]
+            forward = torch.compile(lm.model.forward, backend="eager")
+            forward(input_ids=ids)  # compiled without hooks
+            with steer(lm, vectors, {"happy": 4.0}):
+                got = forward(input_ids=ids).logits[:, -1]
+            after = forward(input_ids=ids).logits[:, -1]
+    finally:
+        dynamo.reset()
+    assert (expected - plain).norm() > 0.1 * plain.norm()  # steering moves the logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(after, plain, atol=1e-4, rtol=1e-4)

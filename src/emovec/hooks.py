@@ -78,6 +78,18 @@ def backbone(model: nn.Module) -> nn.Module:
     return _get_path(model, LAYER_PATHS[mtype][0])
 
 
+def guard_hooks_in_compiled_code() -> None:
+    """Make code that ``torch.compile`` produces check the modules' hooks, so that steering
+    or monitoring started after a model was compiled takes effect (the code recompiles)
+    instead of being skipped in silence, which is torch's default
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``). Called for every model emovec
+    wraps, before the user can compile it."""
+    import torch._dynamo as dynamo
+
+    if getattr(dynamo.config, "skip_nnmodule_hook_guards", False):
+        dynamo.config.skip_nnmodule_hook_guards = False
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's decoder blocks, in order; raises naming the class when unknown."""
     layers = getattr(backbone(model), LAYER_PATHS[_model_type(model)][1], None)

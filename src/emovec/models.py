@@ -241,9 +241,10 @@ class LanguageModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from emovec.hooks import decoder_layers
+        from emovec.hooks import decoder_layers, guard_hooks_in_compiled_code
 
         self.layers = decoder_layers(self.model)
+        guard_hooks_in_compiled_code()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 

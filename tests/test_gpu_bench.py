@@ -193,3 +193,48 @@ def test_steering_takes_effect_on_a_model_compiled_before_it(toy):
     assert (expected - plain).norm() > 0.1 * plain.norm()  # steering moves the logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(after, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_steering_every_position_does_not_recompile_compiled_decoding(toy):
+    """Compiled static-cache decoding (dynamo, eager backend) steered at every position runs
+    as one graph, as plain decoding does: the hook no longer asks the KV cache its length,
+    which broke the graph and recompiled at every step; and it steers as eager decoding does."""
+    import torch._dynamo as dynamo
+    from transformers import CompileConfig
+
+    from emovec.steering import steer
+
+    lm, vectors, _ = toy
+    config = CompileConfig(backend="eager", mode=None)
+    config._compile_all_devices = True  # transformers compiles decoding on accelerators only
+    ids = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def decode(**kwargs) -> tuple[torch.Tensor, int, int]:
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        with torch.no_grad():
+            out = lm.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=6,
+                min_new_tokens=6,
+                do_sample=False,
+                pad_token_id=0,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **kwargs,
+            )
+        counters = dynamo.utils.counters
+        graphs = int(counters["stats"].get("unique_graphs", 0))
+        return out.logits[-1], graphs, int(sum(counters["graph_break"].values()))
+
+    static = {"cache_implementation": "static", "compile_config": config}
+    try:
+        _, plain_graphs, _ = decode(**static)
+        with steer(lm, vectors, {"happy": 2.0}):
+            steered, graphs, breaks = decode(**static)
+            eager, _, _ = decode()
+    finally:
+        dynamo.reset()
+    assert (graphs, breaks) == (plain_graphs, 0)
+    torch.testing.assert_close(steered, eager, atol=1e-3, rtol=1e-3)

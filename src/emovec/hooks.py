@@ -108,10 +108,21 @@ def _cache_offset(index: int, kwargs: dict[str, Any], seq_len: int) -> int:
     return max(0, int(cache.get_seq_length(index)) - seq_len)
 
 
+def without_offset(fn: ResidualFn) -> ResidualFn:
+    """Mark a hook body that ignores its ``offset``: it then gets 0 and the KV cache is never
+    asked for its length. That question reads a device value on the host and changes every
+    decode step, so under ``torch.compile`` it breaks the graph and recompiles each step."""
+    fn.needs_offset = False  # type: ignore[attr-defined]
+    return fn
+
+
 def _make_hook(index: int, fn: ResidualFn) -> Callable[..., Any]:
+    needs_offset = getattr(fn, "needs_offset", True)
+
     def hook(_module: nn.Module, _args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
-        new = fn(index, hidden, _cache_offset(index, kwargs, hidden.shape[1]))
+        offset = _cache_offset(index, kwargs, hidden.shape[1]) if needs_offset else 0
+        new = fn(index, hidden, offset)
         if new is None:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new

@@ -23,7 +23,7 @@ import torch
 
 from emovec.errors import InputError
 from emovec.generation import generate  # noqa: F401 - emovec.steering.generate, as before
-from emovec.hooks import residual_hooks
+from emovec.hooks import residual_hooks, without_offset
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
@@ -119,7 +119,8 @@ def steer_directions(
         delta = deltas[layer].to(hidden.device, hidden.dtype)
         return hidden + delta if mask is None else hidden + mask * delta
 
-    with residual_hooks(lm.layers, dict.fromkeys(deltas, add), edits=True):
+    hook = without_offset(add) if isinstance(positions, str) and positions == "all" else add
+    with residual_hooks(lm.layers, dict.fromkeys(deltas, hook), edits=True):
         yield
 
 

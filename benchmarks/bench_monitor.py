@@ -36,6 +36,7 @@ import torch
 
 from emovec.catalog import emotions
 from emovec.generation import generate
+from emovec.hooks import without_offset
 from emovec.models import load_model
 from emovec.monitor import (
     DEFAULT_WATCH,
@@ -81,6 +82,7 @@ def component_costs(lm, live: LiveMonitor, tmp: str) -> dict[str, float]:
 
     hidden = torch.randn(1, 1, lm.d_model)
     scoring = Watcher(live, [RowState(0, "p")], 0)
+    scoring.decoding = True  # past the prefill: every call scores
 
     def hook() -> None:
         scoring.score(live.layer, hidden, 40)
@@ -125,6 +127,7 @@ def alternating_steps(live: LiveMonitor, n: int, runs: int, tmp: str) -> dict[st
     original = Watcher.score
     calls = {"n": 0, "phase": 0}
 
+    @without_offset  # as the real hook: the KV cache is not asked for its length
     def every_other(self, layer, hidden, offset):
         calls["n"] += 1
         if hidden.shape[1] > 1 or calls["n"] % 2 == calls["phase"]:

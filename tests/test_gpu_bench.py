@@ -238,3 +238,37 @@ def test_steering_every_position_does_not_recompile_compiled_decoding(toy):
         dynamo.reset()
     assert (graphs, breaks) == (plain_graphs, 0)
     torch.testing.assert_close(steered, eager, atol=1e-3, rtol=1e-3)
+
+
+def test_live_monitor_runs_compiled_decoding_as_one_graph_with_eager_scores(toy):
+    """The monitor's hook needs no KV-cache length and reads no clock while compiled, so
+    compiled static-cache decoding stays one graph; scores and tokens equal eager decoding's."""
+    import torch._dynamo as dynamo
+    from transformers import CompileConfig
+
+    from emovec.monitor import LiveMonitor
+
+    lm, vectors, _ = toy
+    live = LiveMonitor(
+        lm, vectors, bench_gpu.SIX, baseline=bench_gpu._baseline(lm, vectors), hidden=None, rules=()
+    )
+    config = CompileConfig(backend="eager", mode=None)
+    config._compile_all_devices = True  # transformers compiles decoding on accelerators only
+    prompts = ["the cat sat on the mat and looked", "a dog"]
+    settings = {"max_new_tokens": 6, "min_new_tokens": 6, "chat": False}
+    eager = live.generate(prompts, **settings)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    try:
+        compiled = live.generate(
+            prompts, **settings, cache_implementation="static", compile_config=config
+        )
+        counters = dynamo.utils.counters
+        graphs = int(counters["stats"].get("unique_graphs", 0))
+        breaks = int(sum(counters["graph_break"].values()))
+    finally:
+        dynamo.reset()
+    assert (graphs, breaks) == (1, 0)
+    for got, want in zip(compiled, eager, strict=True):
+        assert got.token_ids == want.token_ids and len(got.raw) == 6
+        np.testing.assert_allclose(np.array(got.raw), np.array(want.raw), atol=1e-4)

@@ -30,7 +30,7 @@ from emovec.generation import (
     left_padded,
     sampling_settings,
 )
-from emovec.hooks import StopForward, backbone, residual_hooks, stopping_after
+from emovec.hooks import StopForward, backbone, residual_hooks, stopping_after, without_offset
 from emovec.models import LanguageModel
 from emovec.monitor.baseline import Baseline, calibrate
 from emovec.monitor.errors import MonitorError
@@ -135,8 +135,12 @@ class Watcher:
         self.rows, self.width = rows, prompt_width
         self.on_token, self.cancel = on_token, cancel
         self.emotions = live.emotions
-        #: (offset, scores [batch, emotions] on the device) of the newest scored step
-        self.latest: tuple[int, torch.Tensor] | None = None
+        #: scores [batch, emotions], on the device, of the token fed into the newest step
+        self.latest: torch.Tensor | None = None
+        #: False until the first step ends (the stopping criterion runs after each): the
+        #: pass before that is the prompt's prefill, which is not scored. A flag that flips
+        #: once, not a step count, so compiled decoding is not specialised on each step.
+        self.decoding = False
         #: 1.0 for rows whose counter-steer rule has fired (read by the steering hook)
         self.steer_active = torch.zeros(len(rows))
         self.eos = set(live.eos_ids)
@@ -149,13 +153,21 @@ class Watcher:
         self._stop: torch.Tensor | None = None  # the last answer, on the model's device
         self._stopped: list[bool] = []
 
-    def score(self, _layer: int, hidden: torch.Tensor, offset: int) -> None:
+    @without_offset
+    def score(self, _layer: int, hidden: torch.Tensor, _offset: int) -> None:
         """Residual hook: scores [batch, emotions] of the newest position of a decode step,
-        left on the device (read after the step, with the token ids, in one copy)."""
-        if offset < self.width:
+        left on the device (read after the step, with the token ids, in one copy).
+
+        It needs no position: the prefill is the pass before the first step ends, and the
+        token a step was fed is the next-to-last id when the step ends. So the KV cache is
+        never asked for its length (a host read that recompiles compiled decoding)."""
+        if not self.decoding:
+            return
+        if torch.compiler.is_compiling():  # the clock would break the compiled graph
+            self.latest = self._score_on_device(hidden[:, -1])
             return
         start = time.perf_counter()
-        self.latest = (offset + hidden.shape[1] - 1, self._score_on_device(hidden[:, -1]))
+        self.latest = self._score_on_device(hidden[:, -1])
         self.seconds += time.perf_counter() - start
 
     def to_host(self, chunk: torch.Tensor, ids: torch.Tensor) -> tuple[list[int], np.ndarray]:
@@ -218,9 +230,9 @@ class Watcher:
     def __call__(self, input_ids: torch.Tensor, scores: Any = None, **_: Any) -> torch.Tensor:
         """Stopping criterion: deliver the step's scored tokens, then say which rows are done."""
         start = time.perf_counter()
-        if self.latest is not None:
-            offset, chunk = self.latest
-            ids, raw = self.to_host(chunk, input_ids[:, offset])
+        self.decoding = True
+        if self.latest is not None:  # the token fed into this step: the next-to-last id
+            ids, raw = self.to_host(self.latest, input_ids[:, -2])
             z = self._z(raw)
             for row, state in enumerate(self.rows):
                 if not state.done:
@@ -435,8 +447,9 @@ class LiveMonitor:
             self.lm.device, self.lm.model.dtype
         )
 
-        def add(_layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor | None:
-            if offset < watch.width or not bool(watch.steer_active.any()):
+        @without_offset
+        def add(_layer: int, hidden: torch.Tensor, _offset: int) -> torch.Tensor | None:
+            if not watch.decoding or not bool(watch.steer_active.any()):
                 return None
             gate = watch.steer_active.to(hidden.device, hidden.dtype).view(-1, 1, 1)
             return hidden + gate * delta
@@ -470,8 +483,7 @@ class LiveMonitor:
             )
         if watch.latest is None:
             return
-        _offset, chunk = watch.latest
-        ids, raw = watch.to_host(chunk, sequences[:, -1])
+        ids, raw = watch.to_host(watch.latest, sequences[:, -1])
         for state in rows:
             if not state.done:
                 watch.accept(state, ids[state.row], raw[state.row])

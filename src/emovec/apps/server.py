@@ -33,7 +33,6 @@ from emovec.monitor import (
     Baseline,
     LiveMonitor,
     MonitorError,
-    baseline_key,
     calibrate,
     default_watch,
     read_trace,
@@ -107,9 +106,9 @@ class Dashboard:
         self.served = 0
 
     def _calibrate(self, vectors: EmotionVectors) -> Baseline:
-        key = baseline_key(vectors, vectors.default_layer, True)
-        cache = self.data_dir / "baselines" / f"{key}-{self.calibration['limit']}.json"
-        return calibrate(self.lm, vectors, cache=cache, **self.calibration)
+        """The baseline for ``vectors``, from the one baseline cache (``calibrate``'s, keyed
+        by vectors, layer, centring and texts) or measured once."""
+        return calibrate(self.lm, vectors, **self.calibration)
 
     # -- files in the data folder -----------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -102,3 +103,21 @@ def baseline(lm, vectors, baseline_file):
     from emovec.monitor import calibrate
 
     return calibrate(lm, vectors, limit=3, max_tokens=96, cache=baseline_file)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the ``emovec`` command in-process: ``run_cli(*args) -> (exit code, stdout, stderr)``."""
+    from emovec.apps.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["emovec", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -7,32 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from emovec.apps.cli import main
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["emovec", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_info_json_describes_the_file(monkeypatch, capsys, vectors_file):
-    code, out, _ = run_cli(monkeypatch, capsys, "info", vectors_file, "--json")
+def test_info_json_describes_the_file(vectors_file, run_cli):
+    code, out, _ = run_cli("info", vectors_file, "--json")
     assert code == 0
     meta = json.loads(out)
     assert {"emotions", "layers", "default_layer", "d_model", "model"} <= set(meta)
     assert meta["model"]["name"] == "smollm2-135m-instruct"
 
 
-def test_read_json_output(monkeypatch, capsys, vectors_file):
+def test_read_json_output(vectors_file, run_cli):
     code, out, _ = run_cli(
-        monkeypatch,
-        capsys,
         "read",
         "--vectors",
         vectors_file,
@@ -46,14 +31,12 @@ def test_read_json_output(monkeypatch, capsys, vectors_file):
     assert len(data["scores"][0]) == len(data["emotions"]) == len(data["mean"])
 
 
-def test_read_pretty_and_steer_commands_run(monkeypatch, capsys, vectors_file, tmp_path):
+def test_read_pretty_and_steer_commands_run(vectors_file, tmp_path, run_cli):
     text_file = tmp_path / "t.txt"
     text_file.write_text("The storm tore the roof away and she screamed.")
-    code, out, _ = run_cli(monkeypatch, capsys, "read", "-v", vectors_file, "--file", text_file)
+    code, out, _ = run_cli("read", "-v", vectors_file, "--file", text_file)
     assert code == 0 and "pooled" in out
     code, out, _ = run_cli(
-        monkeypatch,
-        capsys,
         "steer",
         "-v",
         vectors_file,
@@ -90,7 +73,7 @@ def test_read_pretty_and_steer_commands_run(monkeypatch, capsys, vectors_file, t
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(
-    monkeypatch, capsys, vectors_file, tmp_path, args, message
+    monkeypatch, vectors_file, tmp_path, args, message, run_cli
 ):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(vectors_file.read_bytes()[:500])
@@ -107,21 +90,19 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(
         return a
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, out, err = run_cli(monkeypatch, capsys, *[fill(a) for a in args])
+    code, out, err = run_cli(*[fill(a) for a in args])
     assert code != 0
     assert message in " ".join(err.split()), err
     assert "Traceback" not in err
 
 
-def test_vectors_for_another_model_are_refused(monkeypatch, capsys, vectors, tmp_path):
+def test_vectors_for_another_model_are_refused(vectors, tmp_path, run_cli):
     import copy
 
     foreign = copy.deepcopy(vectors)
     foreign.model = dict(vectors.model, name="other-model", fingerprint="0" * 16)
     path = foreign.save(tmp_path / "foreign.safetensors")
-    code, _, err = run_cli(
-        monkeypatch, capsys, "read", "-v", path, "--model", "smollm2-135m-instruct", "hi"
-    )
+    code, _, err = run_cli("read", "-v", path, "--model", "smollm2-135m-instruct", "hi")
     assert code == 2
     assert "belong to model 'other-model'" in err
 
@@ -133,14 +114,14 @@ def test_console_script_is_installed_and_lists_models():
     assert "smollm2-135m-instruct" in result.stdout and "gemma3-270m" in result.stdout
 
 
-def test_version_flag_prints_the_version(monkeypatch, capsys):
+def test_version_flag_prints_the_version(run_cli):
     from emovec import __version__
 
-    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+    code, out, _ = run_cli("--version")
     assert code == 0 and out.strip() == f"emovec {__version__}"
 
 
-def test_hub_id_with_the_hub_unreachable_fails_fast(monkeypatch, capsys, tmp_path):
+def test_hub_id_with_the_hub_unreachable_fails_fast(monkeypatch, tmp_path, run_cli):
     import time
 
     import transformers  # noqa: F401 - imported before the clock starts
@@ -158,9 +139,7 @@ def test_hub_id_with_the_hub_unreachable_fails_fast(monkeypatch, capsys, tmp_pat
     monkeypatch.setattr(models, "_probe_hub", unreachable)
     monkeypatch.setattr(models, "_hub_probes", {})
     started = time.perf_counter()
-    code, _, err = run_cli(
-        monkeypatch, capsys, "extract", "-o", tmp_path / "v.safetensors", "-m", "nobody/nothing"
-    )
+    code, _, err = run_cli("extract", "-o", tmp_path / "v.safetensors", "-m", "nobody/nothing")
     with pytest.raises(models.ModelError, match="unreachable") as caught:
         models.load_model("nobody/other")  # a second hub model: no second probe
     assert time.perf_counter() - started < 5
@@ -201,7 +180,7 @@ def test_hub_model_in_the_local_cache_loads_offline(monkeypatch, lm):
     assert calls == [True, True]
 
 
-def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vectors, tmp_path):
+def test_experiment_all_reports_skipped_experiments(monkeypatch, lm, vectors, tmp_path, run_cli):
     import emovec.experiments as experiments
     from emovec.apps.cli import experiments as commands
     from emovec.experiments import AllResults, skipped_section
@@ -215,19 +194,19 @@ def test_experiment_all_reports_skipped_experiments(monkeypatch, capsys, lm, vec
     monkeypatch.setattr(experiments, "run_all", fake_run_all)
     monkeypatch.setattr(commands, "vectors_and_model", lambda _v, _m: (vectors, lm))
     out = tmp_path / "exp"
-    code, stdout, err = run_cli(monkeypatch, capsys, "experiment", "all", "-v", "v", "-o", out)
+    code, stdout, err = run_cli("experiment", "all", "-v", "v", "-o", out)
     assert code == 0, err
     assert "skipped 1 of 1 experiments" in " ".join(err.split())
     page = (out / "report.html").read_text()
     assert "Experiments skipped" in page and "lacks: x" in page
 
 
-def test_info_prints_file_text_as_plain_text(monkeypatch, capsys, vectors, tmp_path):
+def test_info_prints_file_text_as_plain_text(vectors, tmp_path, run_cli):
     from dataclasses import replace
 
     hostile = replace(vectors, model={**vectors.model, "name": "evil[/][bold red]x"})
     path = hostile.save(tmp_path / "markup.safetensors")
-    code, out, _ = run_cli(monkeypatch, capsys, "info", path)
+    code, out, _ = run_cli("info", path)
     assert code == 0 and "evil[/][bold red]x" in out
 
 
@@ -287,14 +266,14 @@ def test_monitor_never_overwrites_its_default_trace(
     assert Path("emovec-trace-3.jsonl").stat().st_size > 0
 
 
-def test_models_lists_each_recommended_steering_strength(monkeypatch, capsys):
-    code, out, _ = run_cli(monkeypatch, capsys, "models")
+def test_models_lists_each_recommended_steering_strength(run_cli):
+    code, out, _ = run_cli("models")
     assert code == 0 and "strength: what `emovec steer` uses without -s" in " ".join(out.split())
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ")}
     assert " 0.5 " in rows["smollm2-135m-instruct"] and " 0.15 " in rows["gemma3-270m"]
 
 
-def test_steer_without_a_strength_uses_the_models_own(monkeypatch, capsys, vectors_file):
+def test_steer_without_a_strength_uses_the_models_own(monkeypatch, vectors_file, run_cli):
     import dataclasses
 
     from emovec import models
@@ -302,19 +281,19 @@ def test_steer_without_a_strength_uses_the_models_own(monkeypatch, capsys, vecto
     assert models.recommended_strength("gemma3-270m") == 0.15
     assert models.recommended_strength("some/other-model") == models.DEFAULT_STEER_STRENGTH
     args = ["steer", "-v", vectors_file, "-e", "happy", "--max-new-tokens", "3", "--no-compare"]
-    code, out, err = run_cli(monkeypatch, capsys, *args, "Hello.")
+    code, out, err = run_cli(*args, "Hello.")
     assert code == 0 and "steered (happy +0.5)" in out, err
     assert "strength 0.5 for each emotion (recommended for smollm2-135m-instruct" in err
     gentler = dataclasses.replace(models.BUILTIN["smollm2-135m-instruct"], steer_strength=0.2)
     monkeypatch.setitem(models.BUILTIN, "smollm2-135m-instruct", gentler)
-    code, out, _ = run_cli(monkeypatch, capsys, *args, "Hello.")
+    code, out, _ = run_cli(*args, "Hello.")
     assert code == 0 and "steered (happy +0.2)" in out
 
 
-def test_known_errors_are_one_red_line_and_exit_status_2(monkeypatch, capsys, tmp_path):
+def test_known_errors_are_one_red_line_and_exit_status_2(monkeypatch, tmp_path, run_cli):
     from emovec.vectors import EmotionVectors
 
-    code, out, err = run_cli(monkeypatch, capsys, "info", tmp_path / "gone.safetensors")
+    code, out, err = run_cli("info", tmp_path / "gone.safetensors")
     assert code == 2 and out == ""
     assert [line for line in err.splitlines() if line.strip()] == [err.strip()]
     assert err.startswith("error: ") and "vector file not found" in err
@@ -323,7 +302,7 @@ def test_known_errors_are_one_red_line_and_exit_status_2(monkeypatch, capsys, tm
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(EmotionVectors, "load", staticmethod(denied))
-    code, _, err = run_cli(monkeypatch, capsys, "info", tmp_path / "locked.safetensors")
+    code, _, err = run_cli("info", tmp_path / "locked.safetensors")
     assert code == 2 and "Traceback" not in err
     assert " ".join(err.split()) == f"error: {tmp_path / 'locked.safetensors'}: Permission denied"
 
@@ -341,7 +320,9 @@ def test_debug_shows_the_traceback_of_a_known_error(tmp_path):
     assert "VectorFileError" in result.stderr and "vector file not found" in result.stderr
 
 
-def test_a_bug_keeps_its_traceback_instead_of_a_user_error_line(monkeypatch, capsys, tmp_path):
+def test_a_bug_keeps_its_traceback_instead_of_a_user_error_line(
+    monkeypatch, capsys, tmp_path, run_cli
+):
     from emovec.vectors import EmotionVectors
 
     def broken(path):
@@ -349,5 +330,5 @@ def test_a_bug_keeps_its_traceback_instead_of_a_user_error_line(monkeypatch, cap
 
     monkeypatch.setattr(EmotionVectors, "load", staticmethod(broken))
     with pytest.raises(ValueError, match="boom"):
-        run_cli(monkeypatch, capsys, "info", tmp_path / "any.safetensors")
+        run_cli("info", tmp_path / "any.safetensors")
     assert "error:" not in capsys.readouterr().err

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -176,32 +175,19 @@ def test_files_that_are_not_control_vectors_are_refused(lm, tmp_path):
         import_control_vector(half, lm)
 
 
-def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from emovec.apps.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["emovec", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_export_and_import(monkeypatch, capsys, vectors_file, tmp_path):
+def test_cli_export_and_import(vectors_file, tmp_path, run_cli):
     path = tmp_path / "happy.gguf"
     args = ("export", "llama-cpp", "-v", vectors_file, "-e", "happy", "-s", "0.4", "-o", path)
-    code, out, err = _run_cli(monkeypatch, capsys, *args, "--layers", "8,12")
+    code, out, err = run_cli(*args, "--layers", "8,12")
     assert code == 0, err
     assert "--control-vector-scaled" in out and path.is_file()
-    code, out, err = _run_cli(
-        monkeypatch, capsys, "import", "llama-cpp", path, "--prompt", "Hi.", "--max-new-tokens", "4"
+    code, out, err = run_cli(
+        "import", "llama-cpp", path, "--prompt", "Hi.", "--max-new-tokens", "4"
     )
     assert code == 0, err
     assert "2 layers, d_model 576, model hint llama" in out and "happy +0.4" in out
     assert "steered (x1):" in out and "unsteered:" in out
-    code, _, err = _run_cli(monkeypatch, capsys, *args, "--layers", "0")
+    code, _, err = run_cli(*args, "--layers", "0")
     assert code == 2 and "layer 0 cannot be exported" in err and len(err.strip().splitlines()) == 1
 
 

@@ -126,6 +126,15 @@ class ChatEndpoint:
             f"{response.text[:200]} (check the URL, model and API key)"
         )
 
+    def _unreachable(self, httpx: ModuleType, exc: Exception, detail: bool) -> str:
+        """Why a request got no answer (a timeout is a transport error too); ``detail`` adds
+        the error's own text (the async client's messages carry it; the blocking one's, read
+        in study summaries, name the error class only)."""
+        if isinstance(exc, httpx.TimeoutException):
+            return f"no answer within {self.timeout:g} s"
+        shown = f"{type(exc).__name__}: {exc}" if detail else type(exc).__name__
+        return f"cannot reach {self.public} ({shown})"
+
     def _wait(self, attempt: int, floor: float) -> float:
         return min(max(self.backoff * 2**attempt * (0.5 + random.random() / 2), floor), 120.0)
 
@@ -140,17 +149,14 @@ class ChatEndpoint:
         body, problem = self.body(messages, **params), ""
         with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
             for attempt in range(self.max_retries + 1):
-                floor = 0.0
                 try:
                     response = client.post(f"{self.base}/chat/completions", json=body)
-                except httpx.TimeoutException:
-                    problem = f"no answer within {self.timeout:g} s"
                 except httpx.TransportError as exc:
-                    problem = f"cannot reach {self.public} ({type(exc).__name__})"
+                    text, problem, floor = None, self._unreachable(httpx, exc, detail=False), 0.0
                 else:
                     text, problem, floor = self._verdict(response)
-                    if text is not None:
-                        return text
+                if text is not None:
+                    return text
                 if attempt < self.max_retries:
                     time.sleep(self._wait(attempt, floor))
         raise self._gave_up(problem)
@@ -169,17 +175,14 @@ class ChatEndpoint:
         httpx = need_extra("httpx")
         body, problem = self.body(messages, **params), ""
         for attempt in range(self.max_retries + 1):
-            floor = 0.0
             try:
                 response = await client.post(f"{self.base}/chat/completions", json=body)
-            except httpx.TimeoutException:
-                problem = f"no answer within {self.timeout:g} s"
             except httpx.TransportError as exc:
-                problem = f"cannot reach {self.public} ({type(exc).__name__}: {exc})"
+                text, problem, floor = None, self._unreachable(httpx, exc, detail=True), 0.0
             else:
                 text, problem, floor = self._verdict(response)
-                if text is not None:
-                    return text
+            if text is not None:
+                return text
             if attempt < self.max_retries:
                 await asyncio.sleep(self._wait(attempt, floor))
         raise self._gave_up(problem)

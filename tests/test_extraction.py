@@ -232,3 +232,25 @@ def test_the_default_models_prebuilt_vectors_fit_the_main_job(lm, monkeypatch, t
     # another method than the main job's: the shipped file no longer fits
     monkeypatch.setattr(pipeline, "MAIN_HOLDOUT", 3)
     assert pipeline.bundled_vectors(lm, corpus) is None
+
+
+def test_pooled_cache_flushes_by_age_as_well_as_by_count(tmp_path):
+    """A slow model fills 256 rows in an hour; a run killed then must not lose all of them."""
+    from emovec.activation_cache import PooledCache
+
+    def put(cache: PooledCache, key: str) -> None:
+        cache.put([key], [0, 1], torch.ones(2, 1, 4), torch.ones(2, 1), torch.tensor([3]))
+
+    patient = PooledCache(tmp_path / "patient", flush_every=100, flush_seconds=3600)
+    put(patient, "a")
+    put(patient, "b")
+    assert not list(patient.folder.glob("shard-*"))  # neither full nor old: still buffered
+
+    eager = PooledCache(tmp_path / "eager", flush_every=100, flush_seconds=0)
+    put(eager, "a")
+    put(eager, "b")
+    assert len(list(eager.folder.glob("shard-*.safetensors"))) == 2
+    reopened = PooledCache(tmp_path / "eager")
+    assert reopened.has("a", [0, 1]) and reopened.has("b", [1])
+    pooled, norms, counts = reopened.get(["b"], [1])
+    assert pooled.shape == (1, 1, 4) and int(counts[0]) == 3

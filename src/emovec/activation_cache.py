@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,12 +45,16 @@ class PooledCache:
     """Per-text pooled means [layers, d], residual-norm sums [layers] and pooled counts.
 
     ``get`` answers from every shard on disk; ``put`` buffers rows and ``flush`` writes them
-    as one new shard (called every ``flush_every`` rows and at the end of a pass).
+    as one new shard: every ``flush_every`` rows, when the oldest buffered row is
+    ``flush_seconds`` old (so a killed run of a slow model loses minutes, not hours), and at
+    the end of a pass.
     """
 
-    def __init__(self, folder: str | Path, flush_every: int = 256):
+    def __init__(self, folder: str | Path, flush_every: int = 256, flush_seconds: float = 300.0):
         self.folder = Path(folder)
         self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self._oldest_pending: float | None = None
         self._where: dict[str, tuple[Path, int, tuple[int, ...]]] = {}
         self._pending: list[tuple[str, tuple[int, ...], torch.Tensor, torch.Tensor, int]] = []
         if self.folder.is_dir():
@@ -118,11 +123,14 @@ class PooledCache:
     ) -> None:
         """Buffer one batch: pooled [L, b, d], norm sums [L, b], pooled-position counts [b]."""
         layers = tuple(layers)
+        if self._oldest_pending is None:
+            self._oldest_pending = time.monotonic()
         for r, key in enumerate(keys):
             self._pending.append(
                 (key, layers, pooled[:, r].clone(), norm_sums[:, r].clone(), int(counts[r]))
             )
-        if len(self._pending) >= self.flush_every:
+        too_old = time.monotonic() - self._oldest_pending >= self.flush_seconds
+        if len(self._pending) >= self.flush_every or too_old:
             self.flush()
 
     def flush(self) -> None:
@@ -150,3 +158,4 @@ class PooledCache:
             for row, it in enumerate(items):
                 self._where[it[0]] = (shard, row, layers)
         self._pending.clear()
+        self._oldest_pending = None

@@ -31,13 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from emovec.corpus import load_corpus
+from emovec.experiments.common import chat_residuals
 from emovec.experiments.geometry import geometry_metrics
 from emovec.experiments.scorecard import (
     CHECKS,
+    EXTRA_KEYS,
+    chat_message_accuracy,
     classify_messages,
     heldout_messages,
     layer_checks,
     message_residuals,
+    reading_position,
 )
 from emovec.extraction import DENOISE, READERS, extract
 from emovec.models import load_model
@@ -106,6 +110,7 @@ def main() -> None:
     layers = built[variants[0]].layers
     messages = heldout_messages()
     cached = message_residuals(lm, layers, messages)
+    chat_cached = chat_residuals(lm, [m["text"] for m in messages], layers)
 
     report: dict = {
         "model": args.model,
@@ -118,6 +123,7 @@ def main() -> None:
     for key, vec in built.items():
         name = "/".join(key)
         other = classify_messages(vec, layers, cached, messages)
+        chat = chat_message_accuracy(vec, layers, chat_cached, messages)
         rel = vec.metrics["reliability"]
         held = vec.metrics["heldout"]
         i = layers.index(vec.default_layer)
@@ -136,6 +142,8 @@ def main() -> None:
             "reliability": rel,
             "heldout": {k: held[k] for k in ("top1", "top5")},
             "other_style": other,
+            "chat_messages": chat,
+            "message_position": reading_position(chat, i),
         }
         print(
             f"{name:28s} layer {vec.default_layer:2d}  reliability {rel['vector'][i]:.3f}  "
@@ -161,11 +169,15 @@ def main() -> None:
             v = report["variants"][name]
             i = layers.index(vec.default_layer)
             mine = {k: [v["other_style"][v["pool"]][k][i]] for k in ("top1", "top5")}
+            chat = {
+                p: {k: [acc[k][i]] for k in ("top1", "top5")}
+                for p, acc in v["chat_messages"].items()
+            }
             plain = dataclasses.replace(vec, geometry_scores=None)
-            checks = layer_checks(lm, plain, [vec.default_layer], v["pool"], other=mine)
+            checks = layer_checks(lm, plain, [vec.default_layer], v["pool"], other=mine, chat=chat)
             report["variants"][name]["scorecard"] = {
-                c.key: None if not np.isfinite(checks[c.key][0]) else round(checks[c.key][0], 4)
-                for c in CHECKS
+                k: None if not np.isfinite(checks[k][0]) else round(checks[k][0], 4)
+                for k in [*(c.key for c in CHECKS), *EXTRA_KEYS]
             }
             report["variants"][name]["split_half_geometry"] = geometry_checks(
                 vec, vec.default_layer
@@ -175,7 +187,9 @@ def main() -> None:
                 f"{name:28s} PC1-valence {card['pc1_valence']}  top-2 {card['valence_top2']}  "
                 f"top-3 {card['valence_top3']}  supervised {card['supervised_valence']}  "
                 f"PC2-arousal {card['pc2_arousal']}  ARI {card['family_ari']}  sweeps "
-                f"{card['sweeps']}  implicit {card['implicit']}  | split-half geometry: "
+                f"{card['sweeps']} (message {card['sweeps_message']})  implicit "
+                f"{card['implicit']} (message {card['implicit_message']}, reply start "
+                f"{card['implicit_reply_start']})  | split-half geometry: "
                 f"{report['variants'][name]['split_half_geometry']}",
                 flush=True,
             )
@@ -185,7 +199,12 @@ def main() -> None:
             chosen = dataclasses.replace(chosen, geometry_scores=None)
         pool = report["variants"][best[1]]["pool"]
         per_layer = layer_checks(
-            lm, chosen, layers, pool, other=report["variants"][best[1]]["other_style"][pool]
+            lm,
+            chosen,
+            layers,
+            pool,
+            other=report["variants"][best[1]]["other_style"][pool],
+            chat=report["variants"][best[1]]["chat_messages"],
         )
         report["chosen_per_layer"] = {
             k: [None if not np.isfinite(v) else round(float(v), 4) for v in vals]

@@ -65,6 +65,10 @@ def test_read_pretty_and_steer_commands_run(vectors_file, tmp_path, run_cli):
         (["read", "-v", "{vec}", "--model", "no/such-model-here", "hi"], "could not load model"),
         (["read", "-v", "{vec}", "--model", "./missing.gguf", "hi"], "GGUF file not found"),
         (["info", "{missing}"], "vector file not found"),
+        (
+            ["experiment", "implicit", "-v", "{vec}", "--position", "middle", "-o", "{tmp}/i"],
+            "unknown position 'middle': choose one of message, reply-start",
+        ),
         (["extract", "--out", "{tmp}/x.safetensors", "--corpus", "{tmp}/none"], "corpus not found"),
         (
             ["steer", "-v", "{vec}", "-e", "happy", "-e", "sad", "-s", "1", "hi"],

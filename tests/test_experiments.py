@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from emovec import stats
+from emovec.errors import InputError
 from emovec.experiments import (
     ExperimentError,
     Result,
@@ -115,13 +116,29 @@ def test_sweeps_read_reply_start_and_save(lm, vectors, tmp_path):
 
 
 def test_implicit_matrix_has_a_diagonal(lm, vectors, tmp_path):
+    from emovec.reading import read
+
     result = implicit.run_implicit(lm, vectors)
     result.save(tmp_path / "implicit")
     n = len(implicit.SCENARIOS)
     assert np.asarray(result.data["matrix"]).shape == (n, n)
+    assert result.settings["position"] == "message"
     # Each scenario evokes its own emotion more than the others, on average.
     assert result.metrics["diagonal_minus_off"] > 0
     assert result.metrics["top1"] > result.metrics["chance_top1"]
+    # Read at the message, a row is exactly read()'s chat summary of that message; the other
+    # position's top-1 is reported beside it, and equals a run at that position.
+    columns = result.data["emotions"]
+    emotion, message = implicit.SCENARIOS[0]
+    summary = read(lm, vectors, message, chat=True, emotions=columns).summary()
+    np.testing.assert_allclose(result.data["matrix"][0], summary, atol=1e-4)
+    at_reply = implicit.run_implicit(lm, vectors, position="reply-start")
+    assert at_reply.metrics["top1"] == result.metrics["top1_reply-start"]
+    assert at_reply.metrics["top1_message"] == result.metrics["top1"]
+    last = read(lm, vectors, message, chat=True, emotions=columns).last
+    np.testing.assert_allclose(at_reply.data["matrix"][0], [last[e] for e in columns], atol=1e-4)
+    with pytest.raises(InputError, match="message, reply-start"):
+        implicit.run_implicit(lm, vectors, position="middle")
 
 
 def test_diagonal_strength_on_known_matrices():

@@ -7,9 +7,11 @@ import pytest
 from emovec.experiments.common import ExperimentError
 from emovec.experiments.scorecard import (
     CHECKS,
+    EXTRA_KEYS,
     FROM_RESULTS,
     Check,
     other_style_accuracy,
+    reading_position,
     results_checks,
     run_scorecard,
     verdict,
@@ -24,9 +26,18 @@ def test_scorecard_shape_on_real_vectors(lm, vectors, tmp_path):
     assert len(headline["rows"]) == len(CHECKS) + len(FROM_RESULTS)
     assert {row[-1] for row in headline["rows"]} <= {"pass", "fail", "not run"}
     assert [row[0] for row in per_layer["rows"]] == sorted(set(layers))
-    assert set(result.data["per_layer"]) == {c.key for c in CHECKS}
+    assert set(result.data["per_layer"]) == {c.key for c in CHECKS} | set(EXTRA_KEYS)
     for values in result.data["per_layer"].values():
         assert len(values) == len(set(layers))
+    # The implicit check reads where the held-out chat messages (not the scenarios) read best.
+    data = result.data["per_layer"]
+    for i in range(len(data["implicit"])):
+        best = (
+            "message"
+            if data["chat_top5_message"][i] >= data["chat_top5_reply_start"][i]
+            else ("reply_start")
+        )
+        assert data["implicit"][i] == data[f"implicit_{best}"][i]
     # checks that need a main-job folder are "not run" without one
     assert all(row[-1] == "not run" for row in headline["rows"][len(CHECKS) :])
     assert 0 <= result.metrics["other_top5"] <= 1 and 0 <= result.metrics["sweeps"] <= 1
@@ -42,6 +53,11 @@ def test_other_style_accuracy_depends_on_pooling_and_beats_chance(lm, vectors):
     # 16 emotions: top-5 by chance is 5/16; the vectors must do better on some pooling
     assert max(acc[p]["top5"][0] for p in ("extraction", "all", "last")) > 5 / 16
     assert acc["extraction"] != acc["last"]
+
+
+def test_reading_position_follows_held_out_top5_and_prefers_message_on_ties():
+    acc = {"message": {"top5": [0.5, 0.2, 0.3]}, "reply-start": {"top5": [0.4, 0.3, 0.3]}}
+    assert [reading_position(acc, i) for i in range(3)] == ["message", "reply-start", "message"]
 
 
 def test_verdicts_against_thresholds():

@@ -1,5 +1,6 @@
-"""What every experiment shares: emotion selection with clear errors, and batched readouts at
-the start of the assistant's reply (where the study reads), at many layers in one pass."""
+"""What every experiment shares: emotion selection with clear errors, and readouts of user
+messages at many layers in one pass: at the start of the assistant's reply (where the study
+reads its sweeps) or over the message's own tokens (how ``read`` summarises a chat message)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import torch
 
 from emovec.catalog import UnknownEmotionError
-from emovec.errors import EmovecError
+from emovec.errors import EmovecError, InputError
 from emovec.extraction import right_padded
+from emovec.generation import chat_prompt
 from emovec.hooks import residual_hooks, run_to_layer
 from emovec.models import LanguageModel
+from emovec.reading import residuals, text_span
 from emovec.scoring import CosineScorer
 from emovec.vectors import EmotionVectors
 
@@ -122,3 +125,68 @@ def resolve_layer(vectors: EmotionVectors, layer: int | None) -> int:
     layer = vectors.default_layer if layer is None else layer
     vectors.layer_index(layer)
     return layer
+
+
+#: Where a user message is read (:func:`chat_scores`).
+POSITIONS = {
+    "message": "the user's own tokens, averaged (how `read --chat` summarises a message)",
+    "reply-start": "the last prompt token, where the assistant's reply starts (the study's "
+    "place for the severity sweeps)",
+}
+
+
+def check_position(position: str) -> str:
+    """``position`` if it is one of :data:`POSITIONS`; otherwise an error listing them."""
+    if position not in POSITIONS:
+        raise InputError(f"unknown position {position!r}: choose one of {', '.join(POSITIONS)}")
+    return position
+
+
+def chat_residuals(
+    lm: LanguageModel, messages: Sequence[str], layers: Sequence[int]
+) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Each message as a user turn: its residual stream [tokens, layers, d_model] (one pass
+    each) and the user's tokens [lo, hi) in it, so that several vector files or methods can
+    be scored on the same messages (:func:`scores_at_positions`)."""
+    layers = list(layers)
+    out = []
+    for text in messages:
+        prompt = chat_prompt(lm, text)
+        ids = lm.encode(prompt)
+        captured = residuals(lm, ids, layers)
+        stacked = torch.stack([captured[layer] for layer in layers], dim=1)
+        out.append((stacked, text_span(lm, prompt, text, len(ids))))
+    return out
+
+
+def scores_at_positions(
+    vectors: EmotionVectors,
+    layers: Sequence[int],
+    cached: Sequence[tuple[torch.Tensor, tuple[int, int]]],
+) -> dict[str, np.ndarray]:
+    """``{position: scores [n, layers, emotions]}`` of :func:`chat_residuals`' output.
+    "message" averages the per-token centred cosines over the user's tokens, exactly as
+    ``read(..., chat=True).summary()`` does; "reply-start" is the last prompt token."""
+    layers = list(layers)
+    shape = (len(cached), len(layers), len(vectors.emotions))
+    out = {p: np.empty(shape, dtype=np.float32) for p in POSITIONS}
+    for li, layer in enumerate(layers):
+        scorer = CosineScorer(vectors, layer=layer)
+        for i, (residual, (lo, hi)) in enumerate(cached):
+            per_token = scorer(residual[:, li])
+            out["message"][i, li] = per_token[lo:hi].mean(axis=0)
+            out["reply-start"][i, li] = per_token[-1]
+    return out
+
+
+def chat_scores(
+    lm: LanguageModel,
+    vectors: EmotionVectors,
+    messages: Sequence[str],
+    layers: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Each message as a user turn, read at both :data:`POSITIONS` from one pass per message:
+    ``{position: scores [n, layers, emotions]}`` (see :func:`scores_at_positions`)."""
+    vectors.check_model(lm)
+    layers = list(vectors.layers) if layers is None else list(layers)
+    return scores_at_positions(vectors, layers, chat_residuals(lm, messages, layers))

@@ -1,5 +1,12 @@
 """Implicit scenarios: user messages that imply an emotion without naming it. If the vectors
-track the situation rather than the word, each scenario lights up its own emotion most."""
+track the situation rather than the word, each scenario lights up its own emotion most.
+
+The study does not say where in the conversation it reads them. emovec reads each message at
+both :data:`~emovec.experiments.common.POSITIONS`: over the message's own tokens (the
+default: the way ``read`` summarises a chat message, which classifies the other-style
+held-out messages far better than the reply's first token does, docs/fidelity.md) and at the
+reply's start.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from emovec.experiments.common import (
+    POSITIONS,
     ExperimentError,
+    chat_scores,
+    check_position,
     pick_emotions,
-    reply_start_scores,
     resolve_layer,
 )
 from emovec.experiments.result import Result, pyplot
@@ -141,12 +150,12 @@ def scenario_scores(
     vectors: EmotionVectors,
     scenarios: Sequence[tuple[str, str]],
     layers: Sequence[int] | None = None,
-) -> tuple[list[str], np.ndarray]:
-    """(target emotions, scores [scenarios, layers, all emotions]) at the reply's start."""
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(target emotions, ``{position: scores [scenarios, layers, all emotions]}``)."""
     targets = pick_emotions(vectors, [e for e, _ in scenarios], "the implicit scenarios")
     if len(set(targets)) < 2:
         raise ExperimentError("implicit scenarios need at least two different emotions")
-    return targets, reply_start_scores(lm, vectors, [m for _, m in scenarios], layers)
+    return targets, chat_scores(lm, vectors, [m for _, m in scenarios], layers)
 
 
 def run_implicit(
@@ -154,10 +163,14 @@ def run_implicit(
     vectors: EmotionVectors,
     scenarios: Sequence[tuple[str, str]] = SCENARIOS,
     layer: int | None = None,
+    position: str = "message",
 ) -> Result:
-    """The scenario x emotion matrix at the reply's start, and the strength of its diagonal."""
+    """The scenario x emotion matrix read at ``position`` (:data:`POSITIONS`), and the
+    strength of its diagonal; the other position's figures are reported beside it."""
+    check_position(position)
     layer = resolve_layer(vectors, layer)
-    targets, scores = scenario_scores(lm, vectors, scenarios, [layer])
+    targets, by_position = scenario_scores(lm, vectors, scenarios, [layer])
+    scores = by_position[position]
     columns = list(dict.fromkeys(targets))
     idx = [vectors.emotions.index(e) for e in columns]
     matrix = scores[:, 0][:, idx]
@@ -165,6 +178,11 @@ def run_implicit(
         [matrix[[i for i, t in enumerate(targets) if t == c]].mean(0) for c in columns]
     )
     strength = diagonal_strength(square)
+    others = {
+        p: strength_by_layer(vectors, targets, s)[0]["top1"]
+        for p, s in by_position.items()
+        if p != position
+    }
     # Rank of the implied emotion among all emotions of the file (uncentred, per scenario).
     all_ranks = [
         1 + int((scores[i, 0] > scores[i, 0, vectors.emotions.index(t)]).sum())
@@ -174,8 +192,15 @@ def run_implicit(
         "implicit",
         "Implicit scenarios",
         order=20,
-        settings={"layer": layer, "n_scenarios": len(targets), "column_centred": True},
-        metrics=strength | {"mean_rank_among_all": float(np.mean(all_ranks))},
+        settings={
+            "layer": layer,
+            "n_scenarios": len(targets),
+            "column_centred": True,
+            "position": position,
+        },
+        metrics=strength
+        | {"mean_rank_among_all": float(np.mean(all_ranks))}
+        | {f"top1_{p}": v for p, v in others.items()},
         data={
             "scenarios": [{"emotion": e, "message": m} for e, m in scenarios],
             "emotions": columns,
@@ -189,16 +214,18 @@ def run_implicit(
         f"{strength['top1']:.0%} of {n} (chance {1 / n:.0%})",
         "strong diagonal (12 scenarios)",
     )
+    for p, v in others.items():
+        result.compare(f"diagonal top-1 read at {p} instead", f"{v:.0%} of {n}")
     result.compare("mean rank of the implied emotion", f"{strength['mean_rank']:.2f} of {n}")
     result.compare(
         "mean rank among all emotions of the file (uncentred)",
         f"{np.mean(all_ranks):.1f} of {len(vectors.emotions)}",
     )
     result.summary = (
-        f"{len(targets)} messages that imply an emotion without naming it, read at the start of "
-        f"the reply (layer {layer}): after centring each emotion over scenarios, the implied "
-        f"emotion is the top one for {strength['top1']:.0%} of them (chance {1 / n:.0%}), mean "
-        f"rank {strength['mean_rank']:.1f} of {n}."
+        f"{len(targets)} messages that imply an emotion without naming it, read at "
+        f"{POSITIONS[position]} (layer {layer}): after centring each emotion over scenarios, "
+        f"the implied emotion is the top one for {strength['top1']:.0%} of them "
+        f"(chance {1 / n:.0%}), mean rank {strength['mean_rank']:.1f} of {n}."
     )
     result.add_table(
         "Scenarios",
@@ -214,13 +241,13 @@ def run_implicit(
     ax.set_yticks(range(n), [f"scenario: {c}" for c in columns], fontsize=8)
     ax.set_xlabel("emotion vector")
     fig.colorbar(im, ax=ax, shrink=0.7, label="cosine, centred per column")
-    ax.set_title("Implicit scenarios at the reply's start")
+    ax.set_title(f"Implicit scenarios, read at: {position}")
     fig.tight_layout()
     result.add_figure(
         fig,
         "implicit_matrix.png",
-        "Scenario x emotion cosine at the start of the "
-        "reply, each column centred over scenarios; a strong diagonal means each "
+        f"Scenario x emotion cosine read at {POSITIONS[position]}, each column centred over "
+        "scenarios; a strong diagonal means each "
         "scenario evokes its own emotion most.",
     )
     return result

@@ -44,7 +44,7 @@ def layer_metrics(
     per_template = sweeps.sweep_scores(lm, vectors, templates, layers)
     agreements = sweeps.agreement_by_layer(templates, per_template, vectors.emotions)
     targets, scen = implicit.scenario_scores(lm, vectors, scenarios, layers)
-    strengths = implicit.strength_by_layer(vectors, targets, scen)
+    strengths = implicit.strength_by_layer(vectors, targets, scen["message"])
     for li, layer in enumerate(layers):
         if held and layer in held["layers"]:
             out["heldout_top1"].append(held["top1"][held["layers"].index(layer)])

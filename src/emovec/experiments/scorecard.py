@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from emovec.experiments import geometry, implicit, sweeps
-from emovec.experiments.common import ExperimentError, check_compatible, pick_emotions
+from emovec.experiments.common import (
+    POSITIONS,
+    ExperimentError,
+    chat_residuals,
+    check_compatible,
+    pick_emotions,
+    scores_at_positions,
+)
 from emovec.experiments.result import Result, pyplot
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
@@ -53,7 +60,12 @@ CHECKS = [
     Check("supervised_valence", "valence decoded (leave-one-emotion-out ridge), r", "-", 0.8),
     Check("family_ari", "k-means (k = 10) vs the study's families, ARI", "interpretable", 0.2),
     Check("sweeps", "severity sweeps, share of expected signs", "all", 0.75),
-    Check("implicit", "implicit scenarios, diagonal top-1", "strong diagonal", 0.4),
+    Check(
+        "implicit",
+        "implicit scenarios, diagonal top-1 (read where held-out chat messages read best)",
+        "strong diagonal",
+        0.4,
+    ),
     Check("heldout_top1", "held-out stories, top-1 of the file's emotions", "-", 0.1),
     Check("heldout_top5", "held-out stories, top-5", "-", 0.4),
     Check("other_top1", "other-style messages, top-1", "-", 0.1),
@@ -120,16 +132,38 @@ def classify_messages(
         "chance_top1": 1 / len(vectors.emotions),
     }
     for p in pools:
-        ranks = np.argsort(-summaries[p], axis=2)
-        out[p] = {
-            "top1": (ranks[:, :, 0] == labels[:, None]).mean(axis=0).round(4).tolist(),
-            "top5": (ranks[:, :, :5] == labels[:, None, None])
-            .any(axis=2)
-            .mean(axis=0)
-            .round(4)
-            .tolist(),
-        }
+        out[p] = top_k_by_layer(summaries[p], labels)
     return out
+
+
+def top_k_by_layer(summaries: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+    """Top-1 and top-5 accuracy per layer of scores [n, layers, emotions] against labels [n]."""
+    ranks = np.argsort(-summaries, axis=2)
+    top1 = ranks[:, :, 0] == labels[:, None]
+    top5 = (ranks[:, :, :5] == labels[:, None, None]).any(axis=2)
+    return {k: v.mean(axis=0).round(4).tolist() for k, v in (("top1", top1), ("top5", top5))}
+
+
+def chat_message_accuracy(
+    vectors: EmotionVectors,
+    layers: Sequence[int],
+    cached: Sequence[tuple[torch.Tensor, tuple[int, int]]],
+    messages: Sequence[dict[str, str]],
+) -> dict[str, dict[str, list[float]]]:
+    """Top-1/top-5 per layer of the other-style messages read as user turns, at each of
+    :data:`POSITIONS` (``cached``: :func:`chat_residuals` of ``messages``). This held-out
+    accuracy, not the scenarios' labels, decides where the implicit check reads."""
+    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
+    if not keep:
+        raise ExperimentError("no held-out message is about an emotion of this vector file")
+    labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
+    scores = scores_at_positions(vectors, layers, [cached[i] for i in keep])
+    return {p: top_k_by_layer(scores[p], labels) for p in POSITIONS}
+
+
+def reading_position(chat_accuracy: dict[str, dict[str, list[float]]], li: int) -> str:
+    """The position whose held-out top-5 is higher at layer index ``li`` (ties: "message")."""
+    return max(POSITIONS, key=lambda p: (chat_accuracy[p]["top5"][li], p == "message"))
 
 
 def other_style_accuracy(
@@ -149,6 +183,16 @@ def other_style_accuracy(
     return classify_messages(vectors, layers, cached, messages, pools)
 
 
+#: Figures measured per layer beside the checks, so that a reader sees both reading positions.
+EXTRA_KEYS = (
+    "implicit_message",
+    "implicit_reply_start",
+    "sweeps_message",
+    "chat_top5_message",
+    "chat_top5_reply_start",
+)
+
+
 def layer_checks(
     lm: LanguageModel,
     vectors: EmotionVectors,
@@ -156,11 +200,14 @@ def layer_checks(
     pool: str = "all",
     other: dict[str, list[float]] | None = None,
     progress: bool = False,
+    chat: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, list[float]]:
-    """Every cheap check's value at every layer (``other``: other-style top-1/top-5 per layer
-    already measured, to skip that pass; ``progress``: count its steps, minutes on a CPU)."""
-    with count_progress(3 + len(layers), "scorecard", "steps", progress) as tick:
-        return _layer_checks(lm, vectors, layers, pool, other, tick)
+    """Every cheap check's value at every layer, and :data:`EXTRA_KEYS` (``other`` and
+    ``chat``: :func:`classify_messages`' top-1/top-5 for ``pool`` and
+    :func:`chat_message_accuracy` already measured, to skip those passes; ``progress``: count
+    the steps, minutes on a CPU)."""
+    with count_progress(4 + len(layers), "scorecard", "steps", progress) as tick:
+        return _layer_checks(lm, vectors, layers, pool, other, chat, tick)
 
 
 def _layer_checks(
@@ -169,6 +216,7 @@ def _layer_checks(
     layers: Sequence[int],
     pool: str,
     other: dict[str, list[float]] | None,
+    chat: dict[str, dict[str, list[float]]] | None,
     tick: Callable[[int], None],
 ) -> dict[str, list[float]]:
     """:func:`layer_checks`, calling ``tick(1)`` after each pass and each layer's geometry."""
@@ -179,16 +227,28 @@ def _layer_checks(
     pick_emotions(vectors, [e for e, _ in implicit.SCENARIOS], "the scorecard's implicit scenarios")
     per_template = sweeps.sweep_scores(lm, vectors, templates, layers)
     agreements = sweeps.agreement_by_layer(templates, per_template, vectors.emotions)
+    by_message = sweeps.sweep_scores(lm, vectors, templates, layers, position="message")
+    message_agreements = sweeps.agreement_by_layer(templates, by_message, vectors.emotions)
     tick(1)
     targets, scen = implicit.scenario_scores(lm, vectors, implicit.SCENARIOS, layers)
-    strengths = implicit.strength_by_layer(vectors, targets, scen)
+    strengths = {p: implicit.strength_by_layer(vectors, targets, s) for p, s in scen.items()}
     tick(1)
-    if other is None:
-        other = other_style_accuracy(lm, vectors, layers, pools=(pool,))[pool]
+    if other is None or chat is None:
+        messages = [m for m in heldout_messages() if m["emotion"] in vectors.emotions]
+        if not messages:
+            raise ExperimentError("no held-out message is about an emotion of this vector file")
+        if other is None:
+            other = other_style_accuracy(lm, vectors, layers, (pool,), messages)[pool]
+        tick(1)
+        if chat is None:
+            cached = chat_residuals(lm, [m["text"] for m in messages], layers)
+            chat = chat_message_accuracy(vectors, layers, cached, messages)
+    else:
+        tick(1)
     tick(1)
     rel = vectors.metrics.get("reliability") or {}
     held = vectors.metrics.get("heldout") or {}
-    out: dict[str, list[float]] = {c.key: [] for c in CHECKS}
+    out: dict[str, list[float]] = {k: [] for k in [*(c.key for c in CHECKS), *EXTRA_KEYS]}
     for li, layer in enumerate(layers):
         out["reliability"].append(_at(rel, "vector", layer))
         geo = geometry.geometry_metrics(vectors, layer, n_init=3)
@@ -202,7 +262,12 @@ def _layer_checks(
         out["supervised_valence"].append((geo.get("supervised_valence") or {}).get("r", np.nan))
         out["family_ari"].append(geo["kmeans"]["ari"])
         out["sweeps"].append(agreements[li][0])
-        out["implicit"].append(strengths[li]["top1"])
+        out["sweeps_message"].append(message_agreements[li][0])
+        out["implicit"].append(strengths[reading_position(chat, li)][li]["top1"])
+        out["implicit_message"].append(strengths["message"][li]["top1"])
+        out["implicit_reply_start"].append(strengths["reply-start"][li]["top1"])
+        out["chat_top5_message"].append(chat["message"]["top5"][li])
+        out["chat_top5_reply_start"].append(chat["reply-start"]["top5"][li])
         out["heldout_top1"].append(_at(held, "top1", layer))
         out["heldout_top5"].append(_at(held, "top5", layer))
         out["other_top1"].append(other["top1"][li])

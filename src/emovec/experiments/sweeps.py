@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from emovec.experiments.common import (
+    POSITIONS,
     ExperimentError,
+    chat_scores,
+    check_position,
     pick_emotions,
     reply_start_scores,
     resolve_layer,
@@ -148,10 +151,15 @@ def sweep_scores(
     vectors: EmotionVectors,
     templates: Sequence[SweepTemplate],
     layers: Sequence[int] | None = None,
+    position: str = "reply-start",
 ) -> list[np.ndarray]:
-    """Per template: reply-start scores [values, layers, emotions] (one batched pass for all)."""
+    """Per template: scores [values, layers, emotions] at ``position`` (the study's: the
+    reply's start, one batched pass for all; "message": the user's tokens averaged)."""
     messages = [m for t in templates for m in t.messages()]
-    scores = reply_start_scores(lm, vectors, messages, layers)
+    if check_position(position) == "reply-start":
+        scores = reply_start_scores(lm, vectors, messages, layers)
+    else:
+        scores = chat_scores(lm, vectors, messages, layers)[position]
     out, start = [], 0
     for t in templates:
         out.append(scores[start : start + len(t.values)])
@@ -196,8 +204,11 @@ def run_sweeps(
     templates: Sequence[SweepTemplate] | None = None,
     layer: int | None = None,
     extra_emotions: Sequence[str] = (),
+    position: str = "reply-start",
 ) -> Result:
-    """Spearman rho of each emotion with the swept number, per template, at one layer."""
+    """Spearman rho of each emotion with the swept number, per template, at one layer, read at
+    ``position`` (:data:`~emovec.experiments.common.POSITIONS`; the study reads the reply's
+    start)."""
     templates = list(STUDY_SWEEPS if templates is None else templates)
     if not templates:
         raise ExperimentError("no sweep templates given")
@@ -206,7 +217,7 @@ def run_sweeps(
     for t in templates:
         t.expect = {vectors.resolve(e): s for e, s in t.expect.items()}
     layer = resolve_layer(vectors, layer)
-    per_template = sweep_scores(lm, vectors, templates, [layer])
+    per_template = sweep_scores(lm, vectors, templates, [layer], position)
     rhos = [
         spearman_columns(t.values, s[:, 0]) for t, s in zip(templates, per_template, strict=True)
     ]
@@ -216,7 +227,7 @@ def run_sweeps(
         "sweeps",
         "Severity sweeps",
         order=10,
-        settings={"layer": layer, "read_at": "start of the assistant reply", "center": True},
+        settings={"layer": layer, "read_at": POSITIONS[position], "center": True},
     )
     rows = []
     for t, rho, s in zip(templates, rhos, per_template, strict=True):

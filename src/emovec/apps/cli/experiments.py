@@ -51,6 +51,14 @@ ExpVectors = Annotated[Path, typer.Option("--vectors", "-v", help="Vector file (
 
 ExpLayer = Annotated[int | None, typer.Option(help="Layer (default: the vector file's).")]
 
+PositionOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where each user message is read: 'message' (its own tokens averaged, as "
+        "`read --chat`) or 'reply-start' (the reply's first position, as the study's sweeps)."
+    ),
+]
+
 experiment_command = group_command(experiment_app)
 
 
@@ -82,6 +90,7 @@ def sweeps(
     study: Annotated[bool, typer.Option(help="Include the study's six sweeps.")] = True,
     model: ModelOpt = None,
     layer: ExpLayer = None,
+    position: PositionOpt = "reply-start",
     out_path: ExpOut = None,
 ) -> None:
     """Severity sweeps: probe values at the reply's start as a number in the prompt grows."""
@@ -93,18 +102,22 @@ def sweeps(
     if not chosen:
         raise InputError("no sweeps: give --templates FILE or leave --study on")
     vecs, lm = vectors_and_model(vectors, model)
-    _save(mod.run_sweeps(lm, vecs, chosen, layer=layer), out_path)
+    _save(mod.run_sweeps(lm, vecs, chosen, layer=layer, position=position), out_path)
 
 
 @experiment_command
 def implicit(
-    vectors: ExpVectors, model: ModelOpt = None, layer: ExpLayer = None, out_path: ExpOut = None
+    vectors: ExpVectors,
+    model: ModelOpt = None,
+    layer: ExpLayer = None,
+    position: PositionOpt = "message",
+    out_path: ExpOut = None,
 ) -> None:
     """Messages that imply an emotion without naming it: the scenario x emotion diagonal."""
     from emovec.experiments.implicit import run_implicit
 
     vecs, lm = vectors_and_model(vectors, model)
-    _save(run_implicit(lm, vecs, layer=layer), out_path)
+    _save(run_implicit(lm, vecs, layer=layer, position=position), out_path)
 
 
 @experiment_command

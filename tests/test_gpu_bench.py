@@ -195,10 +195,16 @@ def test_steering_takes_effect_on_a_model_compiled_before_it(toy):
     torch.testing.assert_close(after, plain, atol=1e-4, rtol=1e-4)
 
 
-def test_steering_every_position_does_not_recompile_compiled_decoding(toy):
-    """Compiled static-cache decoding (dynamo, eager backend) steered at every position runs
-    as one graph, as plain decoding does: the hook no longer asks the KV cache its length,
-    which broke the graph and recompiled at every step; and it steers as eager decoding does."""
+@pytest.mark.parametrize(
+    "where",
+    ["all", "generated", "prompt", "mask"],
+)
+def test_steered_compiled_decoding_does_not_recompile(toy, where):
+    """Compiled static-cache decoding (dynamo, eager backend) steered at every position, at
+    the generated or prompt positions (absolute: ``prompt_length``) or at a boolean mask runs
+    as one graph, as plain decoding does: the hook never reads the KV cache's length on the
+    host (which broke the graph and recompiled at every step; a static cache now hands it
+    over as a device tensor), and it steers exactly as eager decoding does."""
     import torch._dynamo as dynamo
     from transformers import CompileConfig
 
@@ -229,15 +235,22 @@ def test_steering_every_position_does_not_recompile_compiled_decoding(toy):
         return out.logits[-1], graphs, int(sum(counters["graph_break"].values()))
 
     static = {"cache_implementation": "static", "compile_config": config}
+    if where == "mask":  # the prompt's last 4 tokens and the 2nd and 3rd generated ones
+        mask = torch.zeros(2, 22, dtype=torch.bool)
+        mask[:, 12:16] = mask[:, 17:19] = True
+        how = {"positions": mask}
+    else:
+        how = {"positions": where, "prompt_length": None if where == "all" else 16}
     try:
-        _, plain_graphs, _ = decode(**static)
-        with steer(lm, vectors, {"happy": 2.0}):
+        plain, plain_graphs, _ = decode(**static)
+        with steer(lm, vectors, {"happy": 2.0}, **how):
             steered, graphs, breaks = decode(**static)
             eager, _, _ = decode()
     finally:
         dynamo.reset()
     assert (graphs, breaks) == (plain_graphs, 0)
     torch.testing.assert_close(steered, eager, atol=1e-3, rtol=1e-3)
+    assert (steered - plain).norm() > 1e-3 * plain.norm()  # the steering did something
 
 
 def test_live_monitor_runs_compiled_decoding_as_one_graph_with_eager_scores(toy):

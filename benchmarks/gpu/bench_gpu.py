@@ -716,10 +716,16 @@ def compile_checks(
                 eager["steered"] = logits_of()
         return eager["plain"], eager["steered"]
 
-    def static_steer(guarded: bool, steer_first: bool) -> Callable[[], dict[str, Any]]:
+    def static_steer(
+        guarded: bool, steer_first: bool, absolute: bool = False
+    ) -> Callable[[], dict[str, Any]]:
         def check() -> dict[str, Any]:
             plain, steered = eager_logits()
-            steering = steer(lm, vectors, strength, positions="generated")
+            # absolute: positions from prompt_length on, so the hook needs the cache's length
+            # (a device tensor under a static cache); otherwise the pass's shape decides.
+            width = lm.tokenizer(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
+            where = {"prompt_length": int(width)} if absolute else {}
+            steering = steer(lm, vectors, strength, positions="generated", **where)
             with hook_guards(guarded):
                 if steer_first:  # compiled while steering, then used without
                     with steering:
@@ -760,6 +766,10 @@ def compile_checks(
     plan = [  # most telling first: later ones are skipped when time runs short
         ("torch.compile(forward), steer added after compiling", compiled_forward(False)),
         ("static cache + compiled decode, steer added after compiling", static_steer(False, False)),
+        (
+            "static cache + compiled decode, steer positions >= prompt_length, hooks guarded",
+            static_steer(True, False, absolute=True),
+        ),
         ("static cache + compiled decode, live monitor (6 emotions)", static_monitor(False)),
         ("same, hooks guarded (skip_nnmodule_hook_guards=False)", compiled_forward(True)),
         ("static cache + compiled decode, live monitor after a plain run", static_monitor(True)),

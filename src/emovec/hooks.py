@@ -40,8 +40,9 @@ LAYER_PATHS: dict[str, tuple[str, str]] = {
 
 #: A hook body: (layer index, residual [batch, seq, d_model], offset) -> replacement or None.
 #: ``offset`` is the absolute position of ``residual[:, 0]``: the number of tokens already in
-#: the KV cache (0 without a cache), so a hook knows prompt from generated positions.
-ResidualFn = Callable[[int, torch.Tensor, int], torch.Tensor | None]
+#: the KV cache (0 without a cache), so a hook knows prompt from generated positions. It is an
+#: int, except for bodies marked :func:`offset_on_device`, which may get a 0-dim tensor.
+ResidualFn = Callable[[int, torch.Tensor, Any], torch.Tensor | None]
 
 
 class LayerOutOfRange(InputError, IndexError):
@@ -100,12 +101,17 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def _cache_offset(index: int, kwargs: dict[str, Any], seq_len: int) -> int:
+def _cache_offset(
+    index: int, kwargs: dict[str, Any], seq_len: int, on_device: bool = False
+) -> int | torch.Tensor:
     cache = kwargs.get("cache") or kwargs.get("past_key_values") or kwargs.get("past_key_value")
     if cache is None or not hasattr(cache, "get_seq_length"):
         return 0
     # The block has already appended this call's keys, so the cache holds past + current.
-    return max(0, int(cache.get_seq_length(index)) - seq_len)
+    length = cache.get_seq_length(index)
+    if on_device and isinstance(length, torch.Tensor):
+        return (length - seq_len).clamp(min=0)
+    return max(0, int(length) - seq_len)
 
 
 def without_offset(fn: ResidualFn) -> ResidualFn:
@@ -116,12 +122,22 @@ def without_offset(fn: ResidualFn) -> ResidualFn:
     return fn
 
 
+def offset_on_device(fn: ResidualFn) -> ResidualFn:
+    """Mark a hook body that uses its ``offset`` only in tensor arithmetic: a cache that keeps
+    its length on the device (a static cache) then hands it over as a 0-dim tensor, unread.
+    Reading it on the host (``int()``) would make a GPU wait each step and, under
+    ``torch.compile``, break the graph and recompile at every decode step."""
+    fn.offset_on_device = True  # type: ignore[attr-defined]
+    return fn
+
+
 def _make_hook(index: int, fn: ResidualFn) -> Callable[..., Any]:
     needs_offset = getattr(fn, "needs_offset", True)
+    on_device = getattr(fn, "offset_on_device", False)
 
     def hook(_module: nn.Module, _args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
-        offset = _cache_offset(index, kwargs, hidden.shape[1]) if needs_offset else 0
+        offset = _cache_offset(index, kwargs, hidden.shape[1], on_device) if needs_offset else 0
         new = fn(index, hidden, offset)
         if new is None:
             return None

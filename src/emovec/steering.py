@@ -23,7 +23,7 @@ import torch
 
 from emovec.errors import InputError
 from emovec.generation import generate  # noqa: F401 - emovec.steering.generate, as before
-from emovec.hooks import residual_hooks, without_offset
+from emovec.hooks import offset_on_device, residual_hooks, without_offset
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
@@ -41,18 +41,26 @@ def steering_direction(
 
 
 def _position_mask(
-    positions: str | torch.Tensor, offset: int, hidden: torch.Tensor, prompt_length: int | None
+    positions: str | torch.Tensor,
+    offset: int | torch.Tensor,
+    hidden: torch.Tensor,
+    prompt_length: int | None,
 ) -> torch.Tensor | None:
-    """[batch, seq, 1] float mask of the positions to steer in this call, or None for all."""
+    """[batch, seq, 1] float mask of the positions to steer in this call, or None for all.
+
+    ``offset`` may be a 0-dim device tensor (a static cache's length): the mask is then built
+    on the device, without reading it on the host."""
     seq = hidden.shape[1]
-    if isinstance(positions, torch.Tensor):
-        cols = positions[:, offset : offset + seq].to(hidden.device, hidden.dtype)
-        if cols.shape[1] < seq:  # positions beyond the mask are not steered
-            cols = torch.nn.functional.pad(cols, (0, seq - cols.shape[1]))
-        return cols.unsqueeze(-1)
-    if positions == "all":
+    if isinstance(positions, str) and positions == "all":
         return None
-    absolute = torch.arange(offset, offset + seq, device=hidden.device)
+    if isinstance(offset, torch.Tensor):
+        offset = offset.to(hidden.device)  # a no-op unless the model is split over devices
+    absolute = torch.arange(seq, device=hidden.device) + offset
+    if isinstance(positions, torch.Tensor):
+        width = positions.shape[1]  # positions beyond the mask are not steered
+        index = absolute.clamp(max=width - 1).to(positions.device)
+        cols = positions[:, index].to(hidden.device) & (absolute < width)
+        return cols.to(hidden.dtype).unsqueeze(-1)
     if prompt_length is not None:
         is_prompt = absolute < prompt_length
     else:
@@ -112,14 +120,21 @@ def steer_directions(
             )
         deltas[layer] = (float(scale) * direction.float()).to(lm.device, lm.model.dtype)
 
-    def add(layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor:
+    if isinstance(positions, torch.Tensor):
+        positions = positions.to(lm.device, torch.bool)  # once, not at every step
+
+    @offset_on_device
+    def add(layer: int, hidden: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
         mask = _position_mask(positions, offset, hidden, prompt_length)
         # to the hidden state's device and dtype: a no-op on one device; with a device map
         # (accelerate) the layer may sit on another GPU than the embeddings
         delta = deltas[layer].to(hidden.device, hidden.dtype)
         return hidden + delta if mask is None else hidden + mask * delta
 
-    hook = without_offset(add) if isinstance(positions, str) and positions == "all" else add
+    # Only absolute positions need the cache's length: a named choice without prompt_length
+    # is decided by the pass's shape alone.
+    offset_free = isinstance(positions, str) and (positions == "all" or prompt_length is None)
+    hook = without_offset(add) if offset_free else add
     with residual_hooks(lm.layers, dict.fromkeys(deltas, hook), edits=True):
         yield
 
@@ -179,9 +194,12 @@ def steer_rows(
     else:
         width, pads = None, torch.zeros(n, dtype=torch.long, device=lm.device)
 
-    def add(layer: int, hidden: torch.Tensor, offset: int) -> torch.Tensor:
+    @offset_on_device
+    def add(layer: int, hidden: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
         seq = hidden.shape[1]
-        cols = torch.arange(offset, offset + seq, device=hidden.device)
+        if isinstance(offset, torch.Tensor):
+            offset = offset.to(hidden.device)
+        cols = torch.arange(seq, device=hidden.device) + offset
         real = cols.unsqueeze(0) >= pads.unsqueeze(1)  # [batch, seq]: not padding
         if width is not None:
             is_prompt = (cols < width).unsqueeze(0)

@@ -57,6 +57,17 @@ def parse_layers(text: str | None, n: int) -> list[int] | None:
     return [int(x) for x in text.split(",")]
 
 
+def method(name: str) -> dict[str, object]:
+    """Extraction settings of a variant name: ``denoise/reader``, with ``@shrinkage`` after a
+    whitened reader (e.g. ``none/whitened@0.6``; without it, the default shrinkage)."""
+    denoise, reader = name.split("/")
+    reader, _, shrinkage = reader.partition("@")
+    settings: dict[str, object] = {"denoise": denoise, "reader": reader}
+    if shrinkage:
+        settings["shrinkage"] = float(shrinkage)
+    return settings
+
+
 def geometry_checks(vec, layer: int) -> dict[str, float | None]:
     """The geometry lines of the scorecard for vectors that carry split-half axes."""
     lex = geometry_metrics(vec, layer, n_init=3)["lexicon"] or {}
@@ -79,8 +90,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=None,
-        help="comma-separated denoise/reader pairs, e.g. none/whitened,dialogues/mean "
-        "(default: all)",
+        help="comma-separated denoise/reader pairs, e.g. none/whitened,dialogues/mean, a "
+        "whitened reader optionally with @shrinkage, e.g. none/whitened@0.6 (default: all)",
     )
     args = parser.parse_args()
 
@@ -88,24 +99,23 @@ def main() -> None:
     lm = load_model(args.model)
     corpus = load_corpus(args.corpus)
     layers = parse_layers(args.layers, lm.n_layers)
-    variants = [(d, r) for d in DENOISE for r in READERS]
+    variants = [f"{d}/{r}" for d in DENOISE for r in READERS]
     if args.variants:
-        variants = [tuple(v.split("/")) for v in args.variants.split(",")]  # type: ignore[misc]
+        variants = args.variants.split(",")
     built = {}
-    for denoise, reader in variants:
+    for name in variants:
         t = time.time()
-        built[(denoise, reader)] = extract(
+        built[name] = extract(
             lm,
             corpus,
             layers=layers,
             holdout_every=4,
-            denoise=denoise,
-            reader=reader,
             geometry="split-half",
             cache=True,
             progress=True,
+            **method(name),
         )
-        print(f"{denoise}/{reader}: built in {time.time() - t:.0f} s", flush=True)
+        print(f"{name}: built in {time.time() - t:.0f} s", flush=True)
     extract_seconds = time.time() - started
     layers = built[variants[0]].layers
     messages = heldout_messages()
@@ -120,8 +130,7 @@ def main() -> None:
         "variants": {},
     }
     best = None
-    for key, vec in built.items():
-        name = "/".join(key)
+    for name, vec in built.items():
         other = classify_messages(vec, layers, cached, messages)
         chat = chat_message_accuracy(vec, layers, chat_cached, messages)
         rel = vec.metrics["reliability"]
@@ -164,8 +173,7 @@ def main() -> None:
     )
 
     if not args.no_scorecard:
-        for key, vec in built.items():
-            name = "/".join(key)
+        for name, vec in built.items():
             v = report["variants"][name]
             i = layers.index(vec.default_layer)
             mine = {k: [v["other_style"][v["pool"]][k][i]] for k in ("top1", "top5")}
@@ -194,7 +202,7 @@ def main() -> None:
                 flush=True,
             )
         # every layer of the chosen variant
-        chosen = built[tuple(best[1].split("/"))]  # type: ignore[arg-type]
+        chosen = built[best[1]]
         if report["chosen_geometry"] == "pca":
             chosen = dataclasses.replace(chosen, geometry_scores=None)
         pool = report["variants"][best[1]]["pool"]

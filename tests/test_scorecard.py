@@ -99,3 +99,22 @@ def test_a_missing_emotion_is_named(lm, vectors):
     with pytest.raises(ExperimentError, match="calm"):
         run_scorecard(lm, fewer, layers=[vectors.default_layer])
     assert bool(vectors.vectors.isfinite().all())
+
+
+def test_batched_message_residuals_equal_one_pass_per_message(lm):
+    """Right padding never changes a row's tokens: batched residuals equal a lone pass's."""
+    import torch
+
+    from emovec.experiments.common import chat_residuals
+    from emovec.generation import chat_prompt
+    from emovec.reading import residuals
+
+    texts = ["Hi.", "My dog ran off and I can't find him anywhere tonight.", "Fine, thanks!"]
+    layers = [2, 9]
+    for (got, (lo, hi)), text in zip(chat_residuals(lm, texts, layers), texts, strict=True):
+        ids = lm.encode(chat_prompt(lm, text))
+        alone = residuals(lm, ids, layers)
+        torch.testing.assert_close(
+            got, torch.stack([alone[x] for x in layers], 1), atol=1e-4, rtol=1e-4
+        )
+        assert 0 < lo < hi <= len(ids) and lm.tokenizer.decode(ids[lo:hi]).strip() == text

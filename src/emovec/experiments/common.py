@@ -15,7 +15,7 @@ from emovec.extraction import right_padded
 from emovec.generation import chat_prompt
 from emovec.hooks import residual_hooks, run_to_layer
 from emovec.models import LanguageModel
-from emovec.reading import residuals, text_span
+from emovec.reading import text_span
 from emovec.scoring import CosineScorer
 from emovec.vectors import EmotionVectors
 
@@ -142,21 +142,51 @@ def check_position(position: str) -> str:
     return position
 
 
+@torch.no_grad()
+def sequence_residuals(
+    lm: LanguageModel, ids: Sequence[list[int]], layers: Sequence[int], batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Each token sequence's residual stream [tokens, len(layers), d_model] (float32, on the
+    host), from right-padded batches: padding comes after a row's tokens, so under the
+    causal mask it never changes them."""
+    layers = list(layers)
+    pad = lm.tokenizer.pad_token_id
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+    by_index: dict[int, torch.Tensor] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, attention = right_padded([ids[i] for i in chunk], pad)
+        grabbed: dict[int, torch.Tensor] = {}
+
+        def grab(layer: int, hidden: torch.Tensor, _offset: int, grabbed=grabbed) -> None:
+            grabbed[layer] = hidden.float()
+
+        with residual_hooks(lm.layers, dict.fromkeys(layers, grab)):
+            run_to_layer(
+                lm.model,
+                max(layers),
+                input_ids=input_ids.to(lm.device),
+                attention_mask=attention.to(lm.device),
+            )
+        stacked = torch.stack([grabbed[layer] for layer in layers], dim=2).cpu()
+        for row, i in enumerate(chunk):
+            by_index[i] = stacked[row, : len(ids[i])].clone()
+    return [by_index[i] for i in range(len(ids))]
+
+
 def chat_residuals(
     lm: LanguageModel, messages: Sequence[str], layers: Sequence[int]
 ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """Each message as a user turn: its residual stream [tokens, layers, d_model] (one pass
-    each) and the user's tokens [lo, hi) in it, so that several vector files or methods can
-    be scored on the same messages (:func:`scores_at_positions`)."""
-    layers = list(layers)
-    out = []
-    for text in messages:
-        prompt = chat_prompt(lm, text)
-        ids = lm.encode(prompt)
-        captured = residuals(lm, ids, layers)
-        stacked = torch.stack([captured[layer] for layer in layers], dim=1)
-        out.append((stacked, text_span(lm, prompt, text, len(ids))))
-    return out
+    """Each message as a user turn: its residual stream [tokens, layers, d_model] and the
+    user's tokens [lo, hi) in it, so that several vector files or methods can be scored on
+    the same messages (:func:`scores_at_positions`)."""
+    prompts = [chat_prompt(lm, text) for text in messages]
+    ids = [lm.encode(prompt) for prompt in prompts]
+    spans = [
+        text_span(lm, prompt, text, len(row))
+        for prompt, text, row in zip(prompts, messages, ids, strict=True)
+    ]
+    return list(zip(sequence_residuals(lm, ids, layers), spans, strict=True))
 
 
 def scores_at_positions(

@@ -31,11 +31,12 @@ from emovec.experiments.common import (
     check_compatible,
     pick_emotions,
     scores_at_positions,
+    sequence_residuals,
 )
 from emovec.experiments.result import Result, pyplot
 from emovec.models import LanguageModel
 from emovec.progress import count_progress
-from emovec.reading import POOLS, pooled_positions, residuals
+from emovec.reading import POOLS, pooled_positions
 from emovec.scoring import CosineScorer
 from emovec.vectors import EmotionVectors
 
@@ -95,13 +96,9 @@ def heldout_messages() -> list[dict[str, str]]:
 def message_residuals(
     lm: LanguageModel, layers: Sequence[int], messages: Sequence[dict[str, str]]
 ) -> list[torch.Tensor]:
-    """Each message's residual stream [tokens, layers, d_model] (one forward pass each), so
-    that several vector files or methods can be scored on the same messages."""
-    out = []
-    for m in messages:
-        captured = residuals(lm, lm.encode(m["text"]), list(layers))
-        out.append(torch.stack([captured[layer] for layer in layers], dim=1))
-    return out
+    """Each message's residual stream [tokens, layers, d_model] (batched passes), so that
+    several vector files or methods can be scored on the same messages."""
+    return sequence_residuals(lm, [lm.encode(m["text"]) for m in messages], layers)
 
 
 def classify_messages(

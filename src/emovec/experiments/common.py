@@ -60,32 +60,41 @@ def chat_ids(lm: LanguageModel, messages: Sequence[str]) -> list[list[int]]:
 
 
 @torch.no_grad()
+def padded_pass(
+    lm: LanguageModel, rows: Sequence[list[int]], layers: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One right-padded batch through the model up to the deepest of ``layers``: residuals
+    [batch, width, len(layers), d_model] (float32, on the model's device) and the attention
+    mask [batch, width]. Padding comes after each row's tokens, so under the causal mask it
+    never changes them."""
+    layers = list(layers)
+    input_ids, attention = right_padded(rows, lm.tokenizer.pad_token_id)
+    grabbed: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int, hidden: torch.Tensor, _offset: int) -> None:
+        grabbed[layer] = hidden.float()
+
+    with residual_hooks(lm.layers, dict.fromkeys(layers, grab)):
+        run_to_layer(
+            lm.model,
+            max(layers),
+            input_ids=input_ids.to(lm.device),
+            attention_mask=attention.to(lm.device),
+        )
+    return torch.stack([grabbed[layer] for layer in layers], dim=2), attention
+
+
+@torch.no_grad()
 def last_token_residuals(
     lm: LanguageModel, ids: Sequence[list[int]], layers: Sequence[int], batch_size: int = 16
 ) -> torch.Tensor:
     """Residual stream at each sequence's last token: [n, len(layers), d_model] (float32)."""
-    layers = list(layers)
     out = torch.empty(len(ids), len(layers), lm.d_model)
-    rows = {layer: i for i, layer in enumerate(layers)}
-    pad = lm.tokenizer.pad_token_id
     for start in range(0, len(ids), batch_size):
         chunk = list(ids[start : start + batch_size])
-        input_ids, attention = right_padded(chunk, pad)
-        last = attention.sum(1) - 1
-        grabbed: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int, hidden: torch.Tensor, _offset: int, last=last, grabbed=grabbed):
-            grabbed[layer] = hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)].float()
-
-        with residual_hooks(lm.layers, dict.fromkeys(layers, grab)):
-            run_to_layer(
-                lm.model,
-                max(layers),
-                input_ids=input_ids.to(lm.device),
-                attention_mask=attention.to(lm.device),
-            )
-        for layer, value in grabbed.items():
-            out[start : start + len(chunk), rows[layer]] = value.cpu()
+        stacked, attention = padded_pass(lm, chunk, layers)
+        last = (attention.sum(1) - 1).to(stacked.device)
+        out[start : start + len(chunk)] = stacked[torch.arange(len(chunk)), last].cpu()
     return out
 
 
@@ -142,33 +151,16 @@ def check_position(position: str) -> str:
     return position
 
 
-@torch.no_grad()
 def sequence_residuals(
     lm: LanguageModel, ids: Sequence[list[int]], layers: Sequence[int], batch_size: int = 16
 ) -> list[torch.Tensor]:
     """Each token sequence's residual stream [tokens, len(layers), d_model] (float32, on the
-    host), from right-padded batches: padding comes after a row's tokens, so under the
-    causal mask it never changes them."""
-    layers = list(layers)
-    pad = lm.tokenizer.pad_token_id
+    host), from right-padded batches of similar lengths (:func:`padded_pass`)."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
     by_index: dict[int, torch.Tensor] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        input_ids, attention = right_padded([ids[i] for i in chunk], pad)
-        grabbed: dict[int, torch.Tensor] = {}
-
-        def grab(layer: int, hidden: torch.Tensor, _offset: int, grabbed=grabbed) -> None:
-            grabbed[layer] = hidden.float()
-
-        with residual_hooks(lm.layers, dict.fromkeys(layers, grab)):
-            run_to_layer(
-                lm.model,
-                max(layers),
-                input_ids=input_ids.to(lm.device),
-                attention_mask=attention.to(lm.device),
-            )
-        stacked = torch.stack([grabbed[layer] for layer in layers], dim=2).cpu()
+        stacked = padded_pass(lm, [ids[i] for i in chunk], layers)[0].cpu()
         for row, i in enumerate(chunk):
             by_index[i] = stacked[row, : len(ids[i])].clone()
     return [by_index[i] for i in range(len(ids))]

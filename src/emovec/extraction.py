@@ -56,6 +56,10 @@ from emovec.scoring import cosine_scores, top_k_hits
 from emovec.stats import spearman_brown
 from emovec.vectors import EmotionVectors
 
+#: Shrinkage of whitened readers' within-emotion covariance: chosen, like the other defaults,
+#: by label-free criteria (reliability and held-out accuracy; docs/fidelity.md).
+DEFAULT_SHRINKAGE = 0.3
+
 
 @dataclass
 class ExtractionSettings:
@@ -76,7 +80,7 @@ class ExtractionSettings:
     #: directions used for reading: see READERS
     reader: str = "whitened"
     #: shrinkage of the within-emotion covariance towards a multiple of the identity (whitened)
-    shrinkage: float = 0.3
+    shrinkage: float = DEFAULT_SHRINKAGE
     #: principal axes the geometry experiment reports: see GEOMETRY. "split-half" was chosen
     #: by a label-free criterion (its first two axes replicate across halves at least as
     #: well as PCA's; docs/fidelity.md); the study's is "pca". Without two halves that each
@@ -485,7 +489,7 @@ def build_directions(
     counts: torch.Tensor,
     bases: list[torch.Tensor],
     within: torch.Tensor | None = None,
-    shrinkage: float = 0.3,
+    shrinkage: float = DEFAULT_SHRINKAGE,
 ) -> Directions:
     """Centred, denoised unit vectors, and (with ``within`` [L, d, d]) whitened readers.
 
@@ -528,7 +532,7 @@ def half_directions(
     half_counts: torch.Tensor,
     bases: list[torch.Tensor],
     within: torch.Tensor | None = None,
-    shrinkage: float = 0.3,
+    shrinkage: float = DEFAULT_SHRINKAGE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reading directions [L, E', d] (float64) built from each half of the stories alone, and
     the mask [E] of the E' emotions that have stories in both halves."""

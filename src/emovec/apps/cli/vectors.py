@@ -100,8 +100,12 @@ def extract(
         typer.Option(help="Reading directions: whitened (the default) or mean (the study's)."),
     ] = "whitened",
     shrinkage: Annotated[
-        float, typer.Option(help="Shrinkage of the within-emotion covariance (whitened).")
-    ] = 0.3,
+        float | None,
+        typer.Option(
+            help="Shrinkage of the within-emotion covariance, in (0, 1] (whitened; default: "
+            "the method's, extraction.DEFAULT_SHRINKAGE, chosen by label-free criteria)."
+        ),
+    ] = None,
     geometry: Annotated[
         str,
         typer.Option(
@@ -151,10 +155,10 @@ def extract(
         neutral_variance=neutral_variance,
         denoise=denoise,
         reader=reader,
-        shrinkage=shrinkage,
         geometry=geometry,
         batch_size=batch_size,
         holdout_every=holdout_every,
+        **({} if shrinkage is None else {"shrinkage": shrinkage}),
     )
     settings.check()
     if ray is not None:

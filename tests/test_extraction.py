@@ -112,10 +112,12 @@ def test_extracted_vectors_carry_their_provenance(vectors, small_corpus, lm):
 
 
 def test_the_default_method_is_whitened_without_denoising(lm, small_corpus):
-    """The defaults chosen in docs/fidelity.md: no denoising, whitened reading directions."""
+    """The defaults chosen in docs/fidelity.md: no denoising, whitened reading directions
+    with shrinkage 0.9."""
     trio = Corpus(small_corpus.subset(["happy", "sad", "calm"]).stories, [], "trio")
     vec = extract(lm, trio, layers=[5, 9], cache=False)
     assert vec.params["denoise"] == "none" and vec.params["reader"] == "whitened"
+    assert vec.params["shrinkage"] == 0.9  # the rule's choice over 0.1-0.9
     assert vec.metrics["neutral_components"] == [0, 0]
     assert vec.readers is not None and vec.readers.shape == vec.vectors.shape
     torch.testing.assert_close(vec.readers.norm(dim=-1), torch.ones(2, 3))

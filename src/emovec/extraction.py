@@ -58,7 +58,7 @@ from emovec.vectors import EmotionVectors
 
 #: Shrinkage of whitened readers' within-emotion covariance: chosen, like the other defaults,
 #: by label-free criteria (reliability and held-out accuracy; docs/fidelity.md).
-DEFAULT_SHRINKAGE = 0.3
+DEFAULT_SHRINKAGE = 0.9
 
 
 @dataclass

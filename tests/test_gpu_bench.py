@@ -104,12 +104,17 @@ def test_toy_run_writes_json_and_markdown(tmp_path):
         assert all(math.isfinite(v) and v >= 0 for v in count["per_step"].values())
 
     checks = {c["name"]: c for c in results["compile"]["checks"]}
-    assert len(checks) == 7
+    assert len(checks) == 8
     assert all(
         c["status"] in {"works", "ignored", "stale", "broken", "error"} for c in checks.values()
     )
     # Steering hooks added after torch.compile are invisible unless hooks are guarded.
     assert checks["same, hooks guarded (skip_nnmodule_hook_guards=False)"]["status"] == "works"
+    # Steering by absolute position reads the static cache's length on the device: no breaks.
+    absolute = checks[
+        "static cache + compiled decode, steer positions >= prompt_length, hooks guarded"
+    ]
+    assert absolute["status"] == "works" and absolute["graph_breaks"] == 0
 
     text = out_md.read_text()
     assert "| emovec |" in text and "host syncs per decode step" in text

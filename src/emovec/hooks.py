@@ -122,6 +122,15 @@ def without_offset(fn: ResidualFn) -> ResidualFn:
     return fn
 
 
+def absolute_positions(hidden: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
+    """Absolute positions [seq] of ``hidden``'s tokens from a hook's ``offset``, an int or a
+    0-dim device tensor (:func:`offset_on_device`), built on the hidden state's device
+    without reading the offset on the host."""
+    if isinstance(offset, torch.Tensor):
+        offset = offset.to(hidden.device)  # a no-op unless the model is split over devices
+    return torch.arange(hidden.shape[1], device=hidden.device) + offset
+
+
 def offset_on_device(fn: ResidualFn) -> ResidualFn:
     """Mark a hook body that uses its ``offset`` only in tensor arithmetic: a cache that keeps
     its length on the device (a static cache) then hands it over as a 0-dim tensor, unread.

@@ -23,7 +23,7 @@ import torch
 
 from emovec.errors import InputError
 from emovec.generation import generate  # noqa: F401 - emovec.steering.generate, as before
-from emovec.hooks import offset_on_device, residual_hooks, without_offset
+from emovec.hooks import absolute_positions, offset_on_device, residual_hooks, without_offset
 from emovec.models import LanguageModel
 from emovec.vectors import EmotionVectors
 
@@ -53,9 +53,7 @@ def _position_mask(
     seq = hidden.shape[1]
     if isinstance(positions, str) and positions == "all":
         return None
-    if isinstance(offset, torch.Tensor):
-        offset = offset.to(hidden.device)  # a no-op unless the model is split over devices
-    absolute = torch.arange(seq, device=hidden.device) + offset
+    absolute = absolute_positions(hidden, offset)
     if isinstance(positions, torch.Tensor):
         width = positions.shape[1]  # positions beyond the mask are not steered
         index = absolute.clamp(max=width - 1).to(positions.device)
@@ -197,9 +195,7 @@ def steer_rows(
     @offset_on_device
     def add(layer: int, hidden: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
         seq = hidden.shape[1]
-        if isinstance(offset, torch.Tensor):
-            offset = offset.to(hidden.device)
-        cols = torch.arange(seq, device=hidden.device) + offset
+        cols = absolute_positions(hidden, offset)
         real = cols.unsqueeze(0) >= pads.unsqueeze(1)  # [batch, seq]: not padding
         if width is not None:
             is_prompt = (cols < width).unsqueeze(0)

@@ -101,6 +101,17 @@ def message_residuals(
     return sequence_residuals(lm, [lm.encode(m["text"]) for m in messages], layers)
 
 
+def labelled(
+    vectors: EmotionVectors, messages: Sequence[dict[str, str]]
+) -> tuple[list[int], np.ndarray]:
+    """Indices of the messages about an emotion of the file, and that emotion's index in it
+    for each; an error when there are none."""
+    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
+    if not keep:
+        raise ExperimentError("no held-out message is about an emotion of this vector file")
+    return keep, np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
+
+
 def classify_messages(
     vectors: EmotionVectors,
     layers: Sequence[int],
@@ -111,11 +122,8 @@ def classify_messages(
     """Top-1/top-5 of classifying messages by ``read``'s summary, per pool and layer, from
     their residuals (:func:`message_residuals`; messages of emotions the file lacks are left
     out)."""
-    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
-    if not keep:
-        raise ExperimentError("no held-out message is about an emotion of this vector file")
+    keep, labels = labelled(vectors, messages)
     start = int(vectors.params.get("start_token", 50))
-    labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
     summaries = {p: np.empty((len(keep), len(layers), len(vectors.emotions))) for p in pools}
     for li, layer in enumerate(layers):
         scorer = CosineScorer(vectors, layer=layer)
@@ -150,10 +158,7 @@ def chat_message_accuracy(
     """Top-1/top-5 per layer of the other-style messages read as user turns, at each of
     :data:`POSITIONS` (``cached``: :func:`chat_residuals` of ``messages``). This held-out
     accuracy, not the scenarios' labels, decides where the implicit check reads."""
-    keep = [i for i, m in enumerate(messages) if m["emotion"] in vectors.emotions]
-    if not keep:
-        raise ExperimentError("no held-out message is about an emotion of this vector file")
-    labels = np.array([vectors.emotions.index(messages[i]["emotion"]) for i in keep])
+    keep, labels = labelled(vectors, messages)
     scores = scores_at_positions(vectors, layers, [cached[i] for i in keep])
     return {p: top_k_by_layer(scores[p], labels) for p in POSITIONS}
 
@@ -173,9 +178,8 @@ def other_style_accuracy(
     """Top-1/top-5 of classifying other-style messages by ``read``'s summary, per pool and
     layer (messages of emotions the file lacks are left out, and never run)."""
     layers = list(vectors.layers) if layers is None else list(layers)
-    messages = [m for m in (messages or heldout_messages()) if m["emotion"] in vectors.emotions]
-    if not messages:
-        raise ExperimentError("no held-out message is about an emotion of this vector file")
+    messages = messages or heldout_messages()
+    messages = [messages[i] for i in labelled(vectors, messages)[0]]
     cached = message_residuals(lm, layers, messages)
     return classify_messages(vectors, layers, cached, messages, pools)
 
@@ -230,18 +234,16 @@ def _layer_checks(
     targets, scen = implicit.scenario_scores(lm, vectors, implicit.SCENARIOS, layers)
     strengths = {p: implicit.strength_by_layer(vectors, targets, s) for p, s in scen.items()}
     tick(1)
-    if other is None or chat is None:
-        messages = [m for m in heldout_messages() if m["emotion"] in vectors.emotions]
-        if not messages:
-            raise ExperimentError("no held-out message is about an emotion of this vector file")
-        if other is None:
-            other = other_style_accuracy(lm, vectors, layers, (pool,), messages)[pool]
-        tick(1)
-        if chat is None:
-            cached = chat_residuals(lm, [m["text"] for m in messages], layers)
-            chat = chat_message_accuracy(vectors, layers, cached, messages)
-    else:
-        tick(1)
+    messages: list[dict[str, str]] = []
+    if other is None or chat is None:  # the passes still to run need the messages
+        everything = heldout_messages()
+        messages = [everything[i] for i in labelled(vectors, everything)[0]]
+    if other is None:
+        other = other_style_accuracy(lm, vectors, layers, (pool,), messages)[pool]
+    tick(1)
+    if chat is None:
+        cached = chat_residuals(lm, [m["text"] for m in messages], layers)
+        chat = chat_message_accuracy(vectors, layers, cached, messages)
     tick(1)
     rel = vectors.metrics.get("reliability") or {}
     held = vectors.metrics.get("heldout") or {}

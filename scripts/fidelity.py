@@ -88,6 +88,13 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-scorecard", action="store_true")
     parser.add_argument(
+        "--topics",
+        type=int,
+        default=None,
+        help="keep only the stories (and neutral stories) on the corpus's first N topics, "
+        "e.g. 16 for corpus v2 as first designed (default: all)",
+    )
+    parser.add_argument(
         "--variants",
         default=None,
         help="comma-separated denoise/reader pairs, e.g. none/whitened,dialogues/mean, a "
@@ -98,6 +105,8 @@ def main() -> None:
     started = time.time()
     lm = load_model(args.model)
     corpus = load_corpus(args.corpus)
+    if args.topics:
+        corpus = corpus.first_topics(args.topics)
     layers = parse_layers(args.layers, lm.n_layers)
     variants = [f"{d}/{r}" for d in DENOISE for r in READERS]
     if args.variants:

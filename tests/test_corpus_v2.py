@@ -92,3 +92,25 @@ def test_gates_catch_what_they_guard():
     assert missing_cells([good], ["happy"], design["topics"][:2]) != []
     neutral = {"topic": topic, "text": "The committee was calm. " + filler}
     assert any("emotion word" in p for p in neutral_story_problems([neutral], design))
+
+
+def test_first_16_topics_give_back_the_corpus_earlier_results_were_measured_on(v2):
+    # Gemma-3-270M, Qwen2.5-Coder-0.5B and 1.5B were measured before the design grew from
+    # 16 to 24 topics; `scripts/fidelity.py --topics 16` must reproduce their corpus exactly
+    import json
+    from pathlib import Path
+
+    recorded = json.loads(
+        (Path(__file__).parents[1] / "benchmarks/results/fidelity-gemma3-270m.json").read_text()
+    )["corpus"]
+    first = v2.first_topics(16)
+    assert (first.hash, len(first.stories)) == (recorded["hash"], recorded["n_stories"])
+    assert len(first.neutral_stories) == 160 and first.neutral == v2.neutral
+    assert set(s["topic"] for s in first.stories) == set(design_v2()["topics"][:16])
+
+
+def test_first_topics_refuses_more_topics_than_there_are(v2):
+    from emovec.corpus import CorpusError
+
+    with pytest.raises(CorpusError, match="the corpus has 24"):
+        v2.first_topics(25)

@@ -26,7 +26,7 @@ from emovec.errors import EmovecError
 from emovec.models import PLAIN_CHAT_ROLES
 
 #: The bundled corpora: v1 (6 stories per emotion, topics drawn per emotion) and v2 (the
-#: crossed design: every emotion on the same 16 topics, plus neutral stories on them).
+#: crossed design: every emotion on the same 24 topics, plus neutral stories on them).
 CURATED_V1 = "curated-v1"
 CURATED_V2 = "curated-v2"
 #: What ``"curated"`` names: the bundled corpus that the defaults are chosen on.
@@ -77,6 +77,27 @@ class Corpus:
         keep = set(emotions)
         stories = [s for s in self.stories if s["emotion"] in keep]
         return Corpus(stories, self.neutral, self.source, self.manifest, self.neutral_stories)
+
+    def first_topics(self, n: int) -> Corpus:
+        """Only the stories and neutral stories on the first ``n`` topics the stories use.
+
+        Record order is kept, so a corpus that grew by new topics gives back, exactly and with
+        the same hash, the corpus earlier results were measured on (corpus v2 was first
+        designed on 16 topics and later grown to 24).
+        """
+        order = list(dict.fromkeys(s.get("topic") for s in self.stories))
+        if None in order:
+            raise CorpusError("first_topics needs a topic on every story; some have none")
+        if not 1 <= n <= len(order):
+            raise CorpusError(f"asked for the first {n} topics; the corpus has {len(order)}")
+        keep = set(order[:n])
+        return Corpus(
+            [s for s in self.stories if s["topic"] in keep],
+            self.neutral,
+            f"{self.source}, first {n} topics",
+            self.manifest,
+            [s for s in self.neutral_stories if s.get("topic") in keep],
+        )
 
 
 def render_dialogue(record: dict[str, Any]) -> str:

@@ -105,7 +105,7 @@ def main() -> None:
     started = time.time()
     lm = load_model(args.model)
     corpus = load_corpus(args.corpus)
-    if args.topics:
+    if args.topics is not None:  # 0 or too many is refused by first_topics, not ignored
         corpus = corpus.first_topics(args.topics)
     layers = parse_layers(args.layers, lm.n_layers)
     variants = [f"{d}/{r}" for d in DENOISE for r in READERS]
